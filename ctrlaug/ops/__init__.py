@@ -1,0 +1,20 @@
+"""The fused ops of ctrlaug: tube-intersection correspondence and soft-target region contrast.
+
+Each op takes ``backend="auto" | "reference" | "cpp" | "triton" | "cuda"``; see README's
+backend table. ``ctrlaug.ops.status()`` reports what is built here.
+"""
+
+from ._registry import BACKENDS, available, status
+from .correspondence import correspondence
+from .reference import correspondence_ref, region_contrast_ref
+from .region_contrast import region_contrast
+
+__all__ = [
+    "BACKENDS",
+    "available",
+    "correspondence",
+    "correspondence_ref",
+    "region_contrast",
+    "region_contrast_ref",
+    "status",
+]

@@ -1,0 +1,250 @@
+"""Backend discovery and torch.library registration for the fused ops.
+
+Backends:
+  reference  pure PyTorch (ctrlaug/ops/reference.py); always present; materialises.
+  cpp        C++/OpenMP kernels in the compiled extension ``ctrlaug._C`` (CPU tensors).
+  cuda       CUDA kernels in the same extension (CUDA tensors; built when torch has CUDA + nvcc).
+  triton     Triton kernels in ``ctrlaug.kernels`` (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
+
+The C++/CUDA ops share the one schema block of csrc/ctrlaug.cpp (namespace ``ctrlaug``); their
+fake kernels are registered here. The Triton ops are defined in Python under ``ctrlaug_triton``
+because they must exist when the extension is not built. None of these ops has an autograd
+kernel: gradients come only from the autograd.Function of each public op.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "cpp", "cuda", "triton")
+INSTALL_HINT = "pip install --no-build-isolation -e .  (see README: Install)"
+
+# Preference among fused GPU backends for backend="auto" on CUDA tensors, fastest first, from the
+# measurements in bench/RESULTS.md. CTRLAUG_GPU_BACKEND=triton|cuda overrides it.
+GPU_PREFERENCE = ("triton", "cuda")
+
+_ext_error: str | None = None
+
+
+@functools.cache
+def _load_extension() -> bool:
+    """Import ``ctrlaug._C`` (which runs the C++ op registrations); False when it is not built."""
+    global _ext_error
+    if os.environ.get("CTRLAUG_DISABLE_EXT", "0") == "1":
+        _ext_error = "disabled by CTRLAUG_DISABLE_EXT=1"
+        return False
+    try:
+        from ctrlaug import _C  # noqa: F401
+    except ImportError as e:  # not built, or built against another torch
+        _ext_error = str(e)
+        return False
+    _register_fakes()
+    return True
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("ctrlaug::correspondence")
+    def _(clip_boxes, video_boxes, clip_grid, video_grid):
+        return _correspondence_fake(clip_boxes, video_boxes, clip_grid, video_grid)
+
+    @torch.library.register_fake("ctrlaug::region_contrast_fwd")
+    def _(queries, keys, queue, tau, with_grad):
+        return _fwd_fake(queries, keys, queue, tau, with_grad)
+
+    @torch.library.register_fake("ctrlaug::region_contrast_bwd")
+    def _(queries, keys, lse, coef, tau):
+        return _bwd_fake(queries, keys, lse, coef, tau)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _correspondence_fake(clip_boxes, video_boxes, clip_grid, video_grid):
+    nc = clip_grid[0] * clip_grid[1] * clip_grid[2]
+    nv = video_grid[0] * video_grid[1] * video_grid[2]
+    return clip_boxes.new_empty((clip_boxes.shape[0], nc, nv), dtype=torch.float32)
+
+
+def _fwd_fake(queries, keys, queue, tau, with_grad):
+    acc = _acc_dtype(queries.dtype)
+    m, d = queries.shape
+    lse = queries.new_empty((m,), dtype=acc)
+    o = queries.new_empty((m if with_grad else 0, d), dtype=acc)
+    return lse, o
+
+
+def _bwd_fake(queries, keys, lse, coef, tau):
+    return keys.new_empty(keys.shape, dtype=_acc_dtype(queries.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton ops (Python-defined schemas; opaque to torch.compile, which calls them as black boxes).
+# ---------------------------------------------------------------------------------------------
+
+
+def triton_installed() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. sys.modules["triton"] = None to hide it
+        return False
+
+
+@functools.cache
+def _register_triton() -> bool:
+    if not triton_installed():
+        return False
+
+    @torch.library.custom_op("ctrlaug_triton::correspondence", mutates_args=())
+    def tri_correspondence(
+        clip_boxes: torch.Tensor, video_boxes: torch.Tensor, clip_grid: list[int], video_grid: list[int]
+    ) -> torch.Tensor:
+        from ctrlaug.kernels import correspondence as k
+
+        return k.correspondence(clip_boxes, video_boxes, tuple(clip_grid), tuple(video_grid))
+
+    tri_correspondence.register_fake(_correspondence_fake)
+
+    @torch.library.custom_op("ctrlaug_triton::region_contrast_fwd", mutates_args=())
+    def tri_fwd(
+        queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor | None, tau: float, with_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from ctrlaug.kernels import region_contrast as k
+
+        return k.region_contrast_fwd(queries, keys, queue, tau, with_grad)
+
+    tri_fwd.register_fake(_fwd_fake)
+
+    @torch.library.custom_op("ctrlaug_triton::region_contrast_bwd", mutates_args=())
+    def tri_bwd(
+        queries: torch.Tensor, keys: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, tau: float
+    ) -> torch.Tensor:
+        from ctrlaug.kernels import region_contrast as k
+
+        return k.region_contrast_bwd(queries, keys, lse, coef, tau)
+
+    tri_bwd.register_fake(_bwd_fake)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability and choice
+# ---------------------------------------------------------------------------------------------
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    return _load_extension() and torch._C._dispatch_has_kernel_for_dispatch_key(f"ctrlaug::{op}", key)
+
+
+def available(backend: str, device: torch.device, op: str = "region_contrast_fwd") -> bool:
+    """Whether ``backend`` can run ``op`` on tensors of ``device``."""
+    if backend == "reference":
+        return True
+    if backend == "cpp":
+        return device.type == "cpu" and _has_kernel(op, "CPU")
+    if backend == "cuda":
+        return device.type == "cuda" and _has_kernel(op, "CUDA")
+    if backend == "triton":
+        if device.type == "cuda":
+            return _register_triton()
+        if device.type == "cpu":
+            return os.environ.get("TRITON_INTERPRET", "0") == "1" and _register_triton()
+        return False
+    raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+
+
+def _why_missing(backend: str, device: torch.device) -> str:
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the cpp backend runs CPU tensors only, got a {device.type} tensor"
+        return f"the compiled extension ctrlaug._C is not available ({_ext_error}); build it with: {INSTALL_HINT}"
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend runs CUDA tensors only, got a {device.type} tensor"
+        if not _load_extension():
+            return f"the compiled extension ctrlaug._C is not available ({_ext_error}); build it with: {INSTALL_HINT}"
+        return (
+            "ctrlaug._C was built without CUDA kernels; rebuild on a machine where torch has CUDA and "
+            f"nvcc is on PATH (CUDA_HOME set), without CTRLAUG_SKIP_CUDA=1: {INSTALL_HINT}"
+        )
+    if backend == "triton":
+        if not triton_installed():
+            return "triton is not installed: pip install triton  (or pip install -e '.[triton]')"
+        return "the triton backend runs CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 is set before import"
+    return "unknown reason"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def resolve(backend: str, device: torch.device, op: str) -> str:
+    """Turn ``backend`` ("auto" or a name) into a backend that can run ``op`` on ``device``.
+
+    "auto" prefers cpp on CPU and the measured-fastest fused backend on CUDA, and falls back to
+    the reference quietly (one warning per process). An explicit backend that is missing raises.
+    """
+    if backend == "auto":
+        if device.type == "cpu":
+            order = ("cpp",)
+        elif device.type == "cuda":
+            env = os.environ.get("CTRLAUG_GPU_BACKEND")
+            order = (env,) if env in ("triton", "cuda") else GPU_PREFERENCE
+        else:
+            order = ()
+        for b in order:
+            if available(b, device, op):
+                return b
+        _warn_once(
+            f"fallback-{device.type}",
+            f"ctrlaug: no fused backend for {device.type} tensors ({_why_missing(order[0], device) if order else 'unsupported device'}); "
+            "using the pure-PyTorch reference, which materialises the logits.",
+        )
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    if not available(backend, device, op):
+        raise RuntimeError(f"ctrlaug backend {backend!r} is not available: {_why_missing(backend, device)}")
+    return backend
+
+
+def op_handle(backend: str, name: str):
+    """The registered op for a fused backend (cpp and cuda share ``torch.ops.ctrlaug``).
+
+    ``reference`` returns the pure-PyTorch building block of the same contract, which lets the
+    tests check the loss decomposition of region_contrast.py independently of any kernel.
+    """
+    if backend == "reference":
+        from . import reference
+
+        return getattr(reference, f"{name}_ref")
+    if backend == "triton":
+        _register_triton()
+        return getattr(torch.ops.ctrlaug_triton, name)
+    _load_extension()
+    return getattr(torch.ops.ctrlaug, name)
+
+
+def status() -> dict[str, object]:
+    """What is built and importable here (printed by ``python -m ctrlaug.ops``)."""
+    ext = _load_extension()
+    return {
+        "torch": torch.__version__,
+        "extension": ext,
+        "extension_error": _ext_error,
+        "cpp": ext and _has_kernel("region_contrast_fwd", "CPU"),
+        "cuda_kernels": ext and _has_kernel("region_contrast_fwd", "CUDA"),
+        "cuda_device": torch.cuda.is_available(),
+        "triton_installed": triton_installed(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
+    }

@@ -1,0 +1,357 @@
+"""ctrlaug.ops.region_contrast: the spec against an independent oracle, and every backend
+against the spec for values and gradients (DESIGN.md §4 tolerance rule)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerance import assert_rule
+
+from ctrlaug.ops import available, correspondence_ref, region_contrast, region_contrast_ref
+from ctrlaug.ops._registry import op_handle
+
+FUSED = ("cpp", "triton", "cuda")
+
+
+def _device_for(backend: str) -> torch.device:
+    return (
+        torch.device("cpu")
+        if backend == "cpp"
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+
+
+def _skip_unless(backend: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    if not available(backend, device):
+        pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")
+    if device.type == "cpu" and backend == "triton" and dtype != torch.float32:
+        pytest.skip("the Triton interpreter is exact only in float32 (DESIGN.md §5)")
+
+
+def make_case(P, Nc, Nv, B, D, Nq, *, seed=0, zero_rows=False, dtype=torch.float64):
+    """Normalised features, soft targets from real (flipped, partial) boxes, random owners."""
+    g = torch.Generator().manual_seed(seed)
+    q = F.normalize(torch.randn(P * Nc, D, generator=g, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(B * Nv, D, generator=g, dtype=torch.float64), dim=-1)
+    queue = F.normalize(torch.randn(Nq, D, generator=g, dtype=torch.float64), dim=-1) if Nq else None
+    owner = torch.randint(0, B, (P,), generator=g)
+    # Soft targets: random nonnegative rows with a few non-zeros, like a correspondence row.
+    t = torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64)
+    t = torch.where(torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64) < 0.3, t, 0.0)
+    t = t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+    if zero_rows:
+        t[0, : max(1, Nc // 2)] = 0.0  # rows whose clip cell the video does not cover
+    return q.to(dtype), k.to(dtype), t.float(), owner, None if queue is None else queue.to(dtype)
+
+
+# (P, Nc, Nv, B, D, Nq): none are block multiples except the paper-shaped one
+SHAPES = [
+    (3, 5, 7, 2, 16, 0),
+    (5, 7, 9, 3, 200, 11),
+    (4, 32, 128, 4, 128, 37),  # paper grid: 2x4x4 clips vs 8x4x4 videos
+    (1, 3, 5, 1, 64, 29),  # single video: the queue holds all the negatives
+    (1, 1, 1, 1, 16, 0),  # a single key: loss is 0, gradients are 0
+    (7, 6, 10, 5, 64, 70),
+]
+
+
+def _ids(s):
+    return "P{}Nc{}Nv{}B{}D{}Nq{}".format(*s)
+
+
+# ------------------------------------------------------------------------------------------
+# The spec
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_reference_equals_cross_entropy_with_probability_targets(shape):
+    P, Nc, Nv, B, D, Nq = shape
+    q, k, t, owner, queue = make_case(*shape, zero_rows=True)
+    tau = 0.1
+    ref = region_contrast_ref(q, k, t, owner, tau=tau, queue=queue, reduction="none")
+    keys = k if queue is None else torch.cat([k, queue])
+    logits = q @ keys.t() / tau
+    dense = torch.zeros(P, Nc, keys.shape[0], dtype=torch.float64)
+    for p in range(P):
+        o = int(owner[p])
+        dense[p, :, o * Nv : (o + 1) * Nv] = t[p].double()
+    # F.cross_entropy with probability targets: -sum_j y_j log softmax(x)_j (an independent path)
+    ce = F.cross_entropy(logits, dense.view(P * Nc, -1), reduction="none")
+    torch.testing.assert_close(ref, ce, rtol=1e-10, atol=1e-10)
+
+
+def test_reference_reductions_and_no_target_or_queue_grad():
+    q, k, t, owner, queue = make_case(3, 4, 6, 2, 16, 5)
+    q.requires_grad_(True)
+    queue.requires_grad_(True)
+    t.requires_grad_(True)
+    rows = region_contrast_ref(q, k, t, owner, queue=queue, reduction="none")
+    torch.testing.assert_close(region_contrast_ref(q, k, t, owner, queue=queue), rows.mean())
+    torch.testing.assert_close(region_contrast_ref(q, k, t, owner, queue=queue, reduction="sum"), rows.sum())
+    rows.sum().backward()
+    assert q.grad is not None and queue.grad is None and t.grad is None
+
+
+def test_reference_gradcheck_float64():
+    q, k, t, owner, queue = make_case(2, 3, 4, 2, 8, 3)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: region_contrast_ref(a, b, t, owner, tau=0.2, queue=queue, reduction="none"), (q, k)
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_loss_decomposition_matches_spec(shape):
+    """w*LSE - <q, t>/tau with dq = g(w*o - t)/tau and the dense/target dk split (the algebra every
+    fused backend relies on), run on the reference building blocks, equals the spec in float64."""
+    from ctrlaug.ops.region_contrast import _RegionContrast
+
+    q, k, t, owner, queue = make_case(*shape, zero_rows=True)
+    g = torch.randn(q.shape[0], dtype=torch.float64)
+    spec = _run(
+        lambda *a: region_contrast_ref(*a[:4], tau=a[5], queue=a[4], reduction="none"),
+        q,
+        k,
+        t,
+        owner,
+        queue,
+        0.07,
+        g,
+    )
+    dec = _run(
+        lambda *a: _RegionContrast.apply(*a[:4], a[4], a[5], "none", "reference"),
+        q,
+        k,
+        t,
+        owner,
+        queue,
+        0.07,
+        g,
+    )
+    for a, b in zip(dec, spec):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_loss_decomposition_gradcheck_float64():
+    from ctrlaug.ops.region_contrast import _RegionContrast
+
+    q, k, t, owner, queue = make_case(2, 3, 4, 2, 8, 3)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: _RegionContrast.apply(a, b, t, owner, queue, 0.2, "none", "reference"), (q, k)
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Fused backends vs the spec
+# ------------------------------------------------------------------------------------------
+
+
+def _run(fn, q, k, t, owner, queue, tau, grad_out):
+    q = q.detach().clone().requires_grad_(True)
+    k = k.detach().clone().requires_grad_(True)
+    loss = fn(q, k, t, owner, queue, tau)
+    loss.backward(grad_out)
+    return loss.detach(), q.grad, k.grad
+
+
+def _compare(backend, shape, dtype, seed=0, zero_rows=False, tau=0.07):
+    dev = _device_for(backend)
+    _skip_unless(backend, dev, dtype)
+    q64, k64, t, owner, queue64 = make_case(*shape, seed=seed, zero_rows=zero_rows)
+    M = q64.shape[0]
+    grad_out = torch.randn(M, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+
+    def ref_fn(q, k, t, owner, queue, tau):
+        return region_contrast_ref(q, k, t, owner, tau=tau, queue=queue, reduction="none")
+
+    def ker_fn(q, k, t, owner, queue, tau):
+        return region_contrast(q, k, t, owner, tau=tau, queue=queue, reduction="none", backend=backend)
+
+    # truth: float64 computation on the same (dtype-rounded) inputs
+    qd, kd = q64.to(dtype), k64.to(dtype)
+    queued = None if queue64 is None else queue64.to(dtype)
+    truth = _run(
+        ref_fn, qd.double(), kd.double(), t, owner, None if queued is None else queued.double(), tau, grad_out
+    )
+    ref = _run(ref_fn, qd, kd, t, owner, queued, tau, grad_out.float())
+    to = lambda x: None if x is None else x.to(dev)  # noqa: E731
+    ker = _run(ker_fn, to(qd), to(kd), to(t), to(owner), to(queued), tau, grad_out.float().to(dev))
+    assert ker[1].dtype == dtype and ker[2].dtype == dtype
+    for name, a, r, tr in zip(("loss", "dq", "dk"), ker, ref, truth):
+        assert_rule(f"{backend}/{dtype}/{name}", a, r, tr, dtype)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_backend_matches_reference_fp32(backend, shape):
+    _compare(backend, shape, torch.float32, zero_rows=True)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3]], ids=_ids)
+def test_backend_matches_reference_half(backend, dtype, shape):
+    _compare(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_backend_flipped_boxes_and_sharp_temperature(backend):
+    """Targets from real correspondence with flips; tau=0.02 makes logits up to 50."""
+    dev = _device_for(backend)
+    _skip_unless(backend, dev)
+    from test_correspondence import messy_boxes
+
+    c, v = messy_boxes(6, torch.Generator().manual_seed(5))
+    S = correspondence_ref(c, v, (2, 4, 4), (8, 4, 4))  # 6 clips, zero and partial rows included
+    B = 3
+    owner = torch.tensor([0, 0, 1, 1, 2, 2])
+    q = F.normalize(torch.randn(6 * 32, 64, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(B * 128, 64, dtype=torch.float64), dim=-1)
+    g = torch.randn(6 * 32, dtype=torch.float64)
+    truth = _run(
+        lambda *a: region_contrast_ref(*a[:4], tau=a[5], queue=a[4], reduction="none"),
+        q,
+        k,
+        S,
+        owner,
+        None,
+        0.02,
+        g,
+    )
+    ref = _run(
+        lambda *a: region_contrast_ref(*a[:4], tau=a[5], queue=a[4], reduction="none"),
+        q.float(),
+        k.float(),
+        S,
+        owner,
+        None,
+        0.02,
+        g.float(),
+    )
+    ker = _run(
+        lambda *a: region_contrast(*a[:4], tau=a[5], queue=a[4], reduction="none", backend=backend),
+        q.float().to(dev), k.float().to(dev), S.to(dev), owner.to(dev), None, 0.02, g.float().to(dev),
+    )  # fmt: skip
+    for name, a, r, tr in zip(("loss", "dq", "dk"), ker, ref, truth):
+        assert_rule(f"{backend}/flip/{name}", a, r, tr, torch.float32)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backend_reductions(backend, reduction):
+    dev = _device_for(backend)
+    _skip_unless(backend, dev)
+    q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
+    args = [x.to(dev) for x in (q, k, t, owner, queue)]
+    rows = region_contrast(*args[:4], queue=args[4], reduction="none", backend=backend)
+    red = region_contrast(*args[:4], queue=args[4], reduction=reduction, backend=backend)
+    torch.testing.assert_close(red, rows.mean() if reduction == "mean" else rows.sum())
+
+
+def test_cpp_gradcheck_float64():
+    if not available("cpp", torch.device("cpu")):
+        pytest.skip("cpp backend not built")
+    q, k, t, owner, queue = make_case(2, 3, 5, 2, 8, 3)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: region_contrast(a, b, t, owner, tau=0.2, queue=queue, reduction="none", backend="cpp"),
+        (q, k),
+    )
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_backend_opcheck(backend):
+    dev = _device_for(backend)
+    _skip_unless(backend, dev)
+    q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
+    q, k, queue = q.to(dev), k.to(dev), queue.to(dev)
+    fwd, bwd = op_handle(backend, "region_contrast_fwd"), op_handle(backend, "region_contrast_bwd")
+    for with_grad in (True, False):
+        torch.library.opcheck(fwd, (q, k, queue, 0.1, with_grad))
+    torch.library.opcheck(fwd, (q, k, None, 0.1, True))
+    lse, _ = fwd(q, k, queue, 0.1, False)
+    torch.library.opcheck(bwd, (q, k, lse, torch.rand(q.shape[0], device=dev), 0.1))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton", "cuda"])
+def test_compile_fullgraph(backend):
+    """Both ops inside one torch.compile(fullgraph=True) graph, forward and backward."""
+    dev = _device_for(backend)
+    _skip_unless(backend, dev)
+    from test_correspondence import nested_boxes
+
+    from ctrlaug.ops import correspondence
+
+    c, v = nested_boxes(4, torch.Generator().manual_seed(0))
+    c, v = c.float().to(dev), v.float().to(dev)
+    owner = torch.tensor([0, 0, 1, 1], device=dev)
+    q = F.normalize(torch.randn(4 * 32, 32, device=dev), dim=-1).requires_grad_(True)
+    k = F.normalize(torch.randn(2 * 128, 32, device=dev), dim=-1).requires_grad_(True)
+
+    def step(q, k, c, v, owner):
+        S = correspondence(c, v, (2, 4, 4), (8, 4, 4), backend=backend)
+        return region_contrast(q, k, S, owner, tau=0.1, backend=backend)
+
+    eager = step(q, k, c, v, owner)
+    ge = torch.autograd.grad(eager, (q, k))
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager" if dev.type == "cpu" else "inductor")
+    out = compiled(q, k, c, v, owner)
+    gc = torch.autograd.grad(out, (q, k))
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(gc[0], ge[0])
+    torch.testing.assert_close(gc[1], ge[1])
+
+
+# ------------------------------------------------------------------------------------------
+# Errors and backend choice
+# ------------------------------------------------------------------------------------------
+
+
+def test_clear_errors():
+    q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="feature dim mismatch"):
+        region_contrast(q, k[:, :8], t, owner)
+    with pytest.raises(ValueError, match="implies P\\*Nc"):
+        region_contrast(q[:-1], k, t, owner)
+    with pytest.raises(ValueError, match="multiple of Nv"):
+        region_contrast(q, k[:-1], t, owner)
+    with pytest.raises(IndexError, match="owner values must lie in"):
+        region_contrast(q, k, t, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="owner must be an int64"):
+        region_contrast(q, k, t, owner.float())
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        region_contrast(q, k, t, owner, tau=0.0)
+    with pytest.raises(TypeError, match="share a dtype"):
+        region_contrast(q, k.double(), t, owner)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        region_contrast(q, k, t, owner, reduction="avg")
+    with pytest.raises(ValueError, match=r"queue must be \[Nq, 16\]"):
+        region_contrast(q, k, t, owner, queue=queue[:, :3])
+    with pytest.raises(ValueError, match="unknown backend"):
+        region_contrast(q, k, t, owner, backend="tpu")
+
+
+def test_explicit_missing_backend_names_the_fix():
+    q, k, t, owner, _ = make_case(3, 5, 7, 2, 16, 0, dtype=torch.float32)
+    # CUDA kernels never run CPU tensors: the error must say why and what to do.
+    with pytest.raises(RuntimeError, match="cuda backend runs CUDA tensors only"):
+        region_contrast(q, k, t, owner, backend="cuda")
+
+
+def test_auto_falls_back_to_reference_when_extension_is_missing(monkeypatch):
+    from ctrlaug.ops import _registry
+
+    monkeypatch.setattr(_registry, "available", lambda b, d, op="": b == "reference")
+    monkeypatch.setattr(_registry, "_warned", set())
+    q, k, t, owner, _ = make_case(3, 5, 7, 2, 16, 0, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="using the pure-PyTorch reference"):
+        out = region_contrast(q, k, t, owner)
+    torch.testing.assert_close(out, region_contrast_ref(q, k, t, owner))
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e ."):
+        region_contrast(q, k, t, owner, backend="cpp")
