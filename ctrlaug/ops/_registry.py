@@ -14,7 +14,6 @@ kernel: gradients come only from the autograd.Function of each public op.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import warnings
@@ -28,13 +27,19 @@ INSTALL_HINT = "pip install --no-build-isolation -e .  (see README: Install)"
 # measurements in bench/RESULTS.md. CTRLAUG_GPU_BACKEND=triton|cuda overrides it.
 GPU_PREFERENCE = ("triton", "cuda")
 
+# Load-once state kept in plain module globals rather than functools.cache: torch.compile traces
+# through these functions and ignores cache wrappers, which would re-run the registrations.
+_ext_loaded: bool | None = None
 _ext_error: str | None = None
+_triton_registered: bool | None = None
 
 
-@functools.cache
 def _load_extension() -> bool:
     """Import ``ctrlaug._C`` (which runs the C++ op registrations); False when it is not built."""
-    global _ext_error
+    global _ext_error, _ext_loaded
+    if _ext_loaded is not None:
+        return _ext_loaded
+    _ext_loaded = False
     if os.environ.get("CTRLAUG_DISABLE_EXT", "0") == "1":
         _ext_error = "disabled by CTRLAUG_DISABLE_EXT=1"
         return False
@@ -44,6 +49,7 @@ def _load_extension() -> bool:
         _ext_error = str(e)
         return False
     _register_fakes()
+    _ext_loaded = True
     return True
 
 
@@ -95,10 +101,14 @@ def triton_installed() -> bool:
         return False
 
 
-@functools.cache
 def _register_triton() -> bool:
-    if not triton_installed():
-        return False
+    global _triton_registered
+    if _triton_registered is None:
+        _triton_registered = triton_installed() and _define_triton_ops()
+    return _triton_registered
+
+
+def _define_triton_ops() -> bool:
 
     @torch.library.custom_op("ctrlaug_triton::correspondence", mutates_args=())
     def tri_correspondence(

@@ -103,7 +103,7 @@ class _RegionContrast(torch.autograd.Function):
         P, Nc, Nv = targets.shape
         M, D = queries.shape
         acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
-        need_dq, need_dk = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_dq = ctx.needs_input_grad[0]
         queries = queries.contiguous()
         keys = keys.contiguous()
         if queue is not None:
@@ -118,8 +118,6 @@ class _RegionContrast(torch.autograd.Function):
         loss = w * lse - (queries.to(acc) * t).sum(-1) / tau
         ctx.save_for_backward(queries, keys, S, owner, lse, o, t, w)
         ctx.tau, ctx.reduction, ctx.backend = float(tau), reduction, backend
-        ctx.mark_non_differentiable(owner)
-        del need_dk
         if reduction == "mean":
             return loss.mean()
         if reduction == "sum":
