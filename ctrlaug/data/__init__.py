@@ -1,0 +1,40 @@
+"""Video data pipeline: decoding (PyAV, frame folders), dataset adapters (UCF-101, HMDB-51,
+Kinetics-400, Diving-48, class-per-folder, CSV), the synthetic motion set and the view collate.
+
+Importing this package needs torch and numpy only; PyAV is imported when a video file is opened
+and Pillow when a frame folder is read.
+"""
+
+from . import decode
+from .collate import collate_views, make_collate
+from .dataset import BadVideoLog, DataConfig, SyntheticMotion, VideoDataset, build_dataset
+from .decode import BadVideoError, VideoInfo, open_video, probe_video, read_frames, write_video
+from .records import FORMATS, DatasetFormatError, RecordList, VideoRecord, format_splits, load_records
+from .synthetic import MOTION_CLASSES, SyntheticConfig, render_video, write_synthetic
+
+__all__ = [
+    "decode",
+    "build_dataset",
+    "VideoDataset",
+    "SyntheticMotion",
+    "SyntheticConfig",
+    "MOTION_CLASSES",
+    "render_video",
+    "write_synthetic",
+    "DataConfig",
+    "collate_views",
+    "make_collate",
+    "BadVideoLog",
+    "BadVideoError",
+    "VideoInfo",
+    "open_video",
+    "probe_video",
+    "read_frames",
+    "write_video",
+    "FORMATS",
+    "DatasetFormatError",
+    "RecordList",
+    "VideoRecord",
+    "format_splits",
+    "load_records",
+]

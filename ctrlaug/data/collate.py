@@ -1,0 +1,86 @@
+"""DataLoader collate for view samples: uint8 views plus every parameter, ready for the device."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import AugmentConfig, sample_level_params, sample_levels
+
+__all__ = ["collate_views", "make_collate"]
+
+
+def collate_views(
+    samples: list[dict],
+    cfg: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+    levels: bool = True,
+) -> dict:
+    """Stack samples of :class:`ctrlaug.data.VideoDataset` into a batch.
+
+    Returns a dict with
+
+    * ``views``: uint8 [B, V, 3, F, S, S] (view 0 = global view in pretrain mode), or, for datasets
+      with ``crop_in_worker=False``: ``frames`` uint8 [B, U, H, W, 3] (zero-padded), ``frame_pos``
+      int64 [B, V, F] positions into U and ``frame_hw`` int64 [B, 2] valid sizes;
+    * ``boxes``: float32 [B, V, 7]; ``frame_indices``: int64 [B, V, F]; ``num_frames``: int64 [B];
+    * ``video_index``: int64 [B]; ``label``: int64 [B] (only when every sample has a label >= 0);
+    * ``levels``: int64 [B, V] intensity level ids and ``lowlevel``: :class:`LowLevelParams` [B, V]
+      (paper §3.2: ``levels_per_step`` levels per batch, parameters drawn inside each view's level),
+      unless ``levels=False``;
+    * ``skipped``: list of ``(path, reason)`` of bad videos replaced while building this batch.
+
+    Use ``functools.partial(collate_views, cfg=...)`` (or :func:`make_collate`) as ``collate_fn``.
+    """
+    if not samples:
+        raise ValueError("collate_views: empty batch")
+    cfg = cfg or AugmentConfig()
+    out: dict = {
+        "boxes": torch.stack([s["boxes"] for s in samples]),
+        "frame_indices": torch.stack([s["frame_indices"] for s in samples]),
+        "num_frames": torch.tensor([int(s["num_frames"]) for s in samples], dtype=torch.int64),
+        "video_index": torch.tensor([int(s["video_index"]) for s in samples], dtype=torch.int64),
+    }
+    if all("views" in s for s in samples):
+        out["views"] = torch.stack([s["views"] for s in samples])
+    else:
+        U = max(s["frames"].shape[0] for s in samples)
+        H = max(s["frames"].shape[1] for s in samples)
+        W = max(s["frames"].shape[2] for s in samples)
+        out["frames"] = torch.stack(
+            [
+                F.pad(
+                    s["frames"],
+                    (
+                        0,
+                        0,
+                        0,
+                        W - s["frames"].shape[2],
+                        0,
+                        H - s["frames"].shape[1],
+                        0,
+                        U - s["frames"].shape[0],
+                    ),
+                )
+                for s in samples
+            ]
+        )
+        out["frame_pos"] = torch.stack([s["frame_pos"] for s in samples])
+        out["frame_hw"] = torch.tensor([list(s["frames"].shape[1:3]) for s in samples], dtype=torch.int64)
+    labels = [int(s.get("label", -1)) for s in samples]
+    if all(lab >= 0 for lab in labels):
+        out["label"] = torch.tensor(labels, dtype=torch.int64)
+    B, V = out["boxes"].shape[:2]
+    if levels:
+        lv = sample_levels(B * V, cfg, generator=generator).reshape(B, V)
+        out["levels"] = lv
+        out["lowlevel"] = sample_level_params(lv, cfg, generator=generator)
+    out["skipped"] = [x for s in samples for x in s.get("skipped", [])]
+    return out
+
+
+def make_collate(cfg: AugmentConfig | None = None, levels: bool = True):
+    """A picklable ``collate_fn`` bound to ``cfg`` (works with DataLoader worker processes)."""
+    return functools.partial(collate_views, cfg=cfg, levels=levels)

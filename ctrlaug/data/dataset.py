@@ -1,0 +1,301 @@
+"""Map-style datasets producing, per video, the global view, the K local clips and their parameters.
+
+``dataset[i]`` decodes only the frames its views need, draws tau_p with
+:func:`ctrlaug.augment.sample_views`, and (by default) cuts the views in the worker with one
+resize-crop each, returning uint8. tau_l is left to the device (:func:`ctrlaug.augment.augment_batch`)
+with levels drawn per batch by :func:`ctrlaug.data.collate_views`.
+
+Bad videos (missing, empty, truncated, not a video, too short) are reported by path and reason,
+replaced by another sample, and listed in the sample's ``"skipped"`` entry so that the epoch log
+(:class:`BadVideoLog`) can count them; the epoch completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..augment import AugmentConfig, apply_views, sample_eval_views, sample_views
+from .decode import BadVideoError, open_video
+from .records import RecordList, VideoRecord, load_records
+from .synthetic import SyntheticConfig, SyntheticReader
+
+__all__ = ["DataConfig", "VideoDataset", "SyntheticMotion", "build_dataset", "BadVideoLog"]
+
+log = logging.getLogger("ctrlaug.data")
+
+
+@dataclass
+class DataConfig:
+    """Decoding and robustness settings of the video datasets."""
+
+    short_side: int = 128  # decode-time resize of the shorter frame side, once (0 = native size)
+    upscale: bool = False  # also enlarge videos whose short side is below short_side
+    min_frames: int = 8  # videos with fewer frames are reported as too short and skipped
+    max_retries: int = 10  # replacement samples tried after a bad video before raising
+    crop_in_worker: bool = True  # resize-crop views in the DataLoader worker (uint8 views); False
+    #                              returns the decoded frames so the crop runs on the device
+    decode_threads: int = 1  # FFmpeg threads per decoder (1 suits DataLoader workers; 0 = auto)
+    strict_frame_count: bool = True  # fewer readable packets than the container declares = truncated
+    seed: int | None = None  # if set, sample i of epoch e draws its views from seed (seed, e, i):
+    #                          reproducible across runs and worker counts; None uses torch's RNG
+
+    def __post_init__(self) -> None:
+        if self.short_side < 0 or self.min_frames < 1 or self.max_retries < 0:
+            raise ValueError(
+                "DataConfig: short_side must be >= 0, min_frames >= 1 and max_retries >= 0, "
+                f"got {self.short_side}, {self.min_frames}, {self.max_retries}"
+            )
+
+
+class VideoDataset(Dataset):
+    """Videos of a :class:`RecordList` turned into view samples.
+
+    Args:
+        source: records (paths, labels, windows) and class names, e.g. from
+            :func:`ctrlaug.data.records.load_records`.
+        augment: :class:`AugmentConfig` (tau_p parameters and the output size).
+        data: :class:`DataConfig` (decoding, robustness).
+        mode: "pretrain" (global view + K clips, random) or "eval" (``augment.eval_clips`` uniformly
+            spaced centre-cropped clips, deterministic; paper §4.2).
+
+    Each sample is a dict:
+
+    * ``views``: uint8 [V, 3, F, S, S] -- pretrain: V = 1 + K, view 0 is the global view; eval: V = N
+      clips (absent when ``crop_in_worker=False``: then ``frames`` uint8 [U, h, w, 3] and
+      ``frame_pos`` int64 [V, F] positions into it, for :func:`ctrlaug.augment.apply_views`);
+    * ``boxes``: float32 [V, 7] ``(t0, t1, y0, y1, x0, x1, flip)``; ``frame_indices``: int64 [V, F];
+    * ``num_frames``: int (T); ``video_index``: int (the video actually used); ``label``: int (-1 if
+      unknown); ``skipped``: list of ``(path, reason)`` of bad videos replaced on the way.
+    """
+
+    def __init__(
+        self,
+        source: RecordList,
+        augment: AugmentConfig | None = None,
+        data: DataConfig | None = None,
+        mode: str = "pretrain",
+    ) -> None:
+        if mode not in ("pretrain", "eval"):
+            raise ValueError(f"mode must be 'pretrain' or 'eval', got {mode!r}")
+        self.source = source
+        self.records: list[VideoRecord] = list(source.records)
+        self.classes = list(source.classes)
+        self.missing = list(source.missing)
+        self.augment = augment or AugmentConfig()
+        self.data = data or DataConfig()
+        self.mode = mode
+        self.epoch = 0
+        self._bad: dict[int, tuple[str, str]] = {}  # per process: index -> (path, reason)
+        if not self.records:
+            raise ValueError(
+                f"{source.name}: the dataset holds no usable videos ({len(self.missing)} missing)"
+            )
+
+    # -- sizes ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number used in the per-sample seed when ``DataConfig.seed`` is set."""
+        self.epoch = int(epoch)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def open(self, index: int):
+        """A reader (``num_frames``, ``height``, ``width``, ``get``) for video ``index``."""
+        rec = self.records[index]
+        return open_video(
+            rec.path,
+            threads=self.data.decode_threads,
+            strict_frame_count=self.data.strict_frame_count,
+            **rec.window(),
+        )
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.data.seed is None:
+            return None
+        s = np.random.SeedSequence([int(self.data.seed), self.epoch, int(index)]).generate_state(2)
+        return torch.Generator().manual_seed(int(s[0]) << 32 | int(s[1]))
+
+    def load(self, index: int, generator: torch.Generator | None = None) -> dict:
+        """Build the sample of video ``index`` or raise :class:`BadVideoError`."""
+        rec = self.records[index]
+        with self.open(index) as r:
+            T = int(r.num_frames)
+            if T < self.data.min_frames:
+                raise BadVideoError(
+                    rec.path, f"too short: {T} frames < DataConfig.min_frames={self.data.min_frames}"
+                )
+            try:
+                if self.mode == "pretrain":
+                    views = sample_views(T, r.height, r.width, cfg=self.augment, generator=generator)
+                    boxes, frames = views.boxes, views.frames
+                else:
+                    views = sample_eval_views(T, r.height, r.width, cfg=self.augment)
+                    boxes, frames = views.clip_boxes, views.clip_frames
+            except ValueError as e:  # short_video="skip"
+                raise BadVideoError(rec.path, str(e)) from None
+            uniq, pos = torch.unique(frames, return_inverse=True)
+            pixels = r.get(uniq.tolist(), self.data.short_side, upscale=self.data.upscale)
+        pix = torch.from_numpy(np.ascontiguousarray(pixels))
+        sample = {
+            "boxes": boxes,
+            "frame_indices": frames,
+            "num_frames": T,
+            "video_index": index,
+            "label": rec.label,
+        }
+        if self.data.crop_in_worker:
+            sample["views"] = apply_views(pix, pos, boxes, self.augment.size)
+        else:
+            sample["frames"] = pix
+            sample["frame_pos"] = pos
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        gen = self._generator(index)
+        skipped: list[tuple[str, str]] = []
+        idx = int(index)
+        rng = np.random.default_rng(None if self.data.seed is None else [self.data.seed, self.epoch, idx, 1])
+        for _ in range(self.data.max_retries + 1):
+            if idx in self._bad:
+                skipped.append(self._bad[idx])
+            else:
+                try:
+                    sample = self.load(idx, gen)
+                    sample["skipped"] = skipped
+                    return sample
+                except BadVideoError as e:
+                    self._bad[idx] = (e.path, e.reason)
+                    skipped.append((e.path, e.reason))
+                    log.warning("skipping bad video %s: %s", e.path, e.reason)
+            good = len(self.records) - len(self._bad)
+            if good <= 0:
+                break
+            idx = int(rng.integers(len(self.records)))
+            for _ in range(8):  # prefer a video not known to be bad
+                if idx not in self._bad:
+                    break
+                idx = int(rng.integers(len(self.records)))
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[-5:])
+        raise RuntimeError(
+            f"{self.source.name}: {len(skipped)} bad videos in a row while loading sample {index} "
+            f"(DataConfig.max_retries={self.data.max_retries}); last: {reasons}"
+        )
+
+
+class SyntheticMotion(VideoDataset):
+    """The synthetic motion set (see :mod:`ctrlaug.data.synthetic`), rendered on the fly.
+
+    ``SyntheticMotion("train")`` gives ``train_per_class * num_classes`` videos with labels; the
+    views, parameters and robustness are those of :class:`VideoDataset`. :meth:`render` returns a raw
+    video and :meth:`write` saves the whole set as mp4 for the real decoding path.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        synth: SyntheticConfig | None = None,
+        augment: AugmentConfig | None = None,
+        data: DataConfig | None = None,
+        mode: str = "pretrain",
+    ) -> None:
+        self.synth = synth or SyntheticConfig()
+        self.split = split
+        n = self.synth.split_size(split)
+        recs = [VideoRecord(f"synthetic://{split}/{i}", i % self.synth.num_classes) for i in range(n)]
+        super().__init__(RecordList(recs, self.synth.classes, [], "synthetic"), augment, data, mode)
+
+    def open(self, index: int):
+        return SyntheticReader(self.synth, self.split, index)
+
+    def render(self, index: int) -> tuple[np.ndarray, int]:
+        """(uint8 [T, S, S, 3], label) of video ``index``."""
+        from .synthetic import render_video
+
+        return render_video(self.synth, self.split, index)
+
+    def write(self, root: str | os.PathLike) -> str:
+        """Write this config's train and test splits as mp4 under ``root`` (class-per-folder)."""
+        from .synthetic import write_synthetic
+
+        return write_synthetic(root, self.synth)
+
+
+def build_dataset(
+    format: str,
+    root: str | os.PathLike | None = None,
+    split: str | None = "train",
+    *,
+    augment: AugmentConfig | None = None,
+    data: DataConfig | None = None,
+    mode: str = "pretrain",
+    synth: SyntheticConfig | None = None,
+    **format_kwargs,
+) -> VideoDataset:
+    """Build a view dataset.
+
+    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "synthetic".
+    root: dataset root (or CSV file); ignored for "synthetic". split: "train" / "test" ("val" for
+    Kinetics). format_kwargs: ``fold`` (ucf101, hmdb51), ``version`` and ``use_frame_range``
+    (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51).
+    """
+    from .records import canonical_format
+
+    fmt = canonical_format(format)
+    if fmt == "synthetic":
+        return SyntheticMotion(split or "train", synth, augment, data, mode)
+    if root is None:
+        raise ValueError(f"build_dataset({format!r}) needs a root directory")
+    return VideoDataset(load_records(fmt, os.fspath(root), split, **format_kwargs), augment, data, mode)
+
+
+class BadVideoLog:
+    """Epoch log of skipped videos: feed it every batch, read ``count``/``paths``/``summary()``."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.reasons: dict[str, str] = {}
+
+    def update(self, batch_or_skipped) -> None:
+        skipped = (
+            batch_or_skipped.get("skipped", []) if isinstance(batch_or_skipped, dict) else batch_or_skipped
+        )
+        for path, reason in skipped:
+            self.events += 1
+            self.reasons.setdefault(path, reason)
+
+    @property
+    def count(self) -> int:
+        """Distinct bad videos met this epoch."""
+        return len(self.reasons)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self.reasons)
+
+    def summary(self) -> str:
+        if not self.reasons:
+            return "bad videos: 0"
+        lines = [f"bad videos: {self.count} ({self.events} skips)"]
+        lines += [f"  {p}: {r}" for p, r in sorted(self.reasons.items())[:20]]
+        if self.count > 20:
+            lines.append(f"  ... and {self.count - 20} more")
+        return "\n".join(lines)
+
+    def reset(self) -> None:
+        self.events = 0
+        self.reasons.clear()
