@@ -38,7 +38,9 @@ def ext_modules():
         and CUDA_HOME is not None
         and os.environ.get("CTRLAUG_SKIP_CUDA", "0") != "1"
     )
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DNDEBUG"]
+    # No -std flag: torch's BuildExtension picks the standard its headers need (C++17 up to
+    # torch 2.13, C++20 from 2.14); forcing one breaks the other.
+    cxx = ["-O3", "-fopenmp", "-DNDEBUG"]
     link = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
@@ -47,7 +49,7 @@ def ext_modules():
             inc = os.path.join(sp, "nvidia", "cu13", "include")
             if os.path.isdir(inc):
                 include_dirs.append(inc)
-        nvcc = ["-O3", "-std=c++17", "-DNDEBUG", "--use_fast_math", "-lineinfo"]
+        nvcc = ["-O3", "-DNDEBUG", "--use_fast_math", "-lineinfo", "--threads", "4"]
         ext = CUDAExtension(
             "ctrlaug._C",
             csrc_sources(True),
