@@ -147,6 +147,7 @@ def _define_triton_ops() -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+@torch.compiler.assume_constant_result  # dynamo cannot trace the dispatcher query; it never changes
 def _has_kernel(op: str, key: str) -> bool:
     return _load_extension() and torch._C._dispatch_has_kernel_for_dispatch_key(f"ctrlaug::{op}", key)
 
