@@ -23,7 +23,7 @@ tail -5 "$OUT/build.log"
 $PY -m ctrlaug.ops | tee "$OUT/status.json"
 
 step "gpu tests"
-timeout 150 $PY -m pytest tests/test_region_contrast.py tests/test_correspondence.py -q -rs --timeout=120 \
+CTRLAUG_TRITON_AUTOTUNE=0 timeout 150 $PY -m pytest tests/test_region_contrast.py tests/test_correspondence.py tests/test_augment.py -q -rs --timeout=120 \
   --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
 echo "tests rc=$?" | tee -a "$OUT/steps.log"
 tail -25 "$OUT/tests.log"

@@ -108,6 +108,12 @@ def _register_triton() -> bool:
     return _triton_registered
 
 
+def _fp32_exact() -> bool:
+    """float32 inputs follow torch's matmul policy: exact fp32 dots by default ("highest"),
+    TF32 tensor cores after ``torch.set_float32_matmul_precision("high")``."""
+    return torch.get_float32_matmul_precision() == "highest"
+
+
 def _define_triton_ops() -> bool:
 
     @torch.library.custom_op("ctrlaug_triton::correspondence", mutates_args=())
@@ -126,7 +132,7 @@ def _define_triton_ops() -> bool:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from ctrlaug.kernels import region_contrast as k
 
-        return k.region_contrast_fwd(queries, keys, queue, tau, with_grad)
+        return k.region_contrast_fwd(queries, keys, queue, tau, with_grad, precise=_fp32_exact())
 
     tri_fwd.register_fake(_fwd_fake)
 
@@ -136,7 +142,7 @@ def _define_triton_ops() -> bool:
     ) -> torch.Tensor:
         from ctrlaug.kernels import region_contrast as k
 
-        return k.region_contrast_bwd(queries, keys, lse, coef, tau)
+        return k.region_contrast_bwd(queries, keys, lse, coef, tau, precise=_fp32_exact())
 
     tri_bwd.register_fake(_bwd_fake)
     return True
