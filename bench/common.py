@@ -44,7 +44,9 @@ def provenance(device: torch.device) -> dict[str, object]:
         info["device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
         # With glibc's dynamic mmap threshold, freed big blocks can be reused from resident heap,
         # hiding allocations from the RSS high-water mark: set it fixed for exact memory numbers.
-        info["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", "dynamic (approximate memory)")
+        info["malloc_mmap_threshold"] = os.environ.get(
+            "MALLOC_MMAP_THRESHOLD_", "dynamic (approximate memory)"
+        )
     return info
 
 
