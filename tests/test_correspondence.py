@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerance import assert_rule
+from tolerance import assert_rule, device_for, skip_unless
 
-from ctrlaug.ops import available, correspondence, correspondence_ref
+from ctrlaug.ops import correspondence, correspondence_ref
 
 FUSED = ("cpp", "triton", "cuda")
 
 
-def _device_for(backend: str) -> torch.device:
-    return (
-        torch.device("cpu")
-        if backend == "cpp"
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-
-
-def _skip_unless(backend: str, device: torch.device):
-    if not available(backend, device, "correspondence"):
-        pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")
+def _skip_unless(backend: str, device: torch.device, dtype: torch.dtype = torch.float32):
+    skip_unless(backend, device, "correspondence", dtype)
 
 
 def nested_boxes(P: int, g: torch.Generator, flip_p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +152,7 @@ GRIDS = [((2, 4, 4), (8, 4, 4)), ((3, 5, 7), (5, 3, 2)), ((1, 1, 1), (2, 1, 1)),
 @pytest.mark.parametrize("P", [1, 13, 64])
 @pytest.mark.parametrize("grids", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
 def test_backend_matches_reference(backend, P, grids):
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     g = torch.Generator().manual_seed(P)
     c, v = messy_boxes(P, g)
@@ -175,7 +166,7 @@ def test_backend_matches_reference(backend, P, grids):
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_backend_opcheck(backend):
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     from ctrlaug.ops._registry import op_handle
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerance import assert_rule
+from tolerance import assert_rule, device_for, skip_unless
 
 from ctrlaug.ops import available, correspondence_ref, region_contrast, region_contrast_ref
 from ctrlaug.ops._registry import op_handle
@@ -14,19 +14,8 @@ from ctrlaug.ops._registry import op_handle
 FUSED = ("cpp", "triton", "cuda")
 
 
-def _device_for(backend: str) -> torch.device:
-    return (
-        torch.device("cpu")
-        if backend == "cpp"
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-
-
 def _skip_unless(backend: str, device: torch.device, dtype: torch.dtype = torch.float32):
-    if not available(backend, device):
-        pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")
-    if device.type == "cpu" and backend == "triton" and dtype != torch.float32:
-        pytest.skip("the Triton interpreter is exact only in float32 (DESIGN.md §5)")
+    skip_unless(backend, device, "region_contrast_fwd", dtype)
 
 
 def make_case(P, Nc, Nv, B, D, Nq, *, seed=0, zero_rows=False, dtype=torch.float64):
@@ -160,7 +149,7 @@ def _run(fn, q, k, t, owner, queue, tau, grad_out):
 
 
 def _compare(backend, shape, dtype, seed=0, zero_rows=False, tau=0.07):
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev, dtype)
     q64, k64, t, owner, queue64 = make_case(*shape, seed=seed, zero_rows=zero_rows)
     M = q64.shape[0]
@@ -202,7 +191,7 @@ def test_backend_matches_reference_half(backend, dtype, shape):
 @pytest.mark.parametrize("backend", FUSED)
 def test_backend_flipped_boxes_and_sharp_temperature(backend):
     """Targets from real correspondence with flips; tau=0.02 makes logits up to 50."""
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     from test_correspondence import messy_boxes
 
@@ -244,7 +233,7 @@ def test_backend_flipped_boxes_and_sharp_temperature(backend):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_backend_reductions(backend, reduction):
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
     args = [x.to(dev) for x in (q, k, t, owner, queue)]
@@ -267,7 +256,7 @@ def test_cpp_gradcheck_float64():
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_backend_opcheck(backend):
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
     q, k, queue = q.to(dev), k.to(dev), queue.to(dev)
@@ -282,7 +271,7 @@ def test_backend_opcheck(backend):
 @pytest.mark.parametrize("backend", ["cpp", "triton", "cuda"])
 def test_compile_fullgraph(backend):
     """Both ops inside one torch.compile(fullgraph=True) graph, forward and backward."""
-    dev = _device_for(backend)
+    dev = device_for(backend)
     _skip_unless(backend, dev)
     from test_correspondence import nested_boxes
 

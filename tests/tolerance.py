@@ -7,6 +7,7 @@ below are fixed project-wide and are never loosened to make a test pass.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 # atol per test dtype, relative to max(1, max|truth|): it absorbs accumulation-order noise
@@ -27,3 +28,20 @@ def assert_rule(name: str, kernel: torch.Tensor, ref: torch.Tensor, truth: torch
     )
     assert torch.isfinite(kernel).all(), f"{name}: non-finite values"
     assert k_max <= bound, f"{name}: max error {k_max:.3e} exceeds 2*ref error + atol = {bound:.3e}"
+
+
+def device_for(backend: str) -> torch.device:
+    """Where a backend's tests run: cpp on CPU; triton/cuda on the GPU, else CPU (interpreter)."""
+    if backend == "cpp" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def skip_unless(backend: str, device: torch.device, op: str, dtype: torch.dtype = torch.float32) -> None:
+    """Skip, with the reason, when ``backend`` cannot run ``op`` here."""
+    from ctrlaug.ops import available
+
+    if not available(backend, device, op):
+        pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")
+    if device.type == "cpu" and backend == "triton" and dtype != torch.float32:
+        pytest.skip("the Triton interpreter is exact only in float32 (DESIGN.md §5)")
