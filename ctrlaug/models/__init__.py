@@ -1,0 +1,42 @@
+"""Encoders and heads: R3D-18/34 (Hara layout, per-call temporal stride) and the SSL heads."""
+
+from .heads import (
+    ORDER_HEADS,
+    GRUMLPOrderHead,
+    GRUOrderHead,
+    MLPOrderHead,
+    ProjectionHead,
+    StatisticsNetwork,
+    VCOPHead,
+    build_order_head,
+    pool,
+)
+from .r3d import INPUT_MEAN, INPUT_STD, R3D, normalize_input, r3d18, r3d34, stage_channels
+
+__all__ = [
+    "INPUT_MEAN",
+    "INPUT_STD",
+    "ORDER_HEADS",
+    "GRUMLPOrderHead",
+    "GRUOrderHead",
+    "MLPOrderHead",
+    "ProjectionHead",
+    "R3D",
+    "StatisticsNetwork",
+    "VCOPHead",
+    "build_encoder",
+    "build_order_head",
+    "normalize_input",
+    "pool",
+    "r3d18",
+    "r3d34",
+    "stage_channels",
+]
+
+
+def build_encoder(arch: str = "r3d18", width: float = 1.0) -> R3D:
+    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count."""
+    depths = {"r3d18": 18, "r3d34": 34}
+    if arch not in depths:
+        raise ValueError(f"arch must be one of {sorted(depths)}, got {arch!r}")
+    return R3D(depths[arch], width)
