@@ -1,0 +1,231 @@
+"""Training-step time breakdown: data, augmentation, encoder, each loss, optimizer, whole step.
+
+    python bench/bench_step.py                      # CPU: the demo model (width 1/8, 8x48x48 views)
+    python bench/bench_step.py --preset gpu         # CUDA: R3D-18, 16x112x112, K=4, bf16, batch 32
+    python bench/bench_step.py --preset gpu batch_size=64 --json out.json   # any config key=value
+
+Parts (median of ``--reps`` timed calls after warm-up, device synchronised inside each call):
+
+* data: one batch from the DataLoader (decode/render + tau_p crop in the workers, collate);
+* augmentation: tau_l levels + colour jitter + blur on the device, normalisation;
+* encoder: f on the K clips and f' on the global views, forward + backward (random grads);
+* each loss: forward + backward of that loss alone (heads included) on fixed encoder features;
+* losses (all): every enabled loss together, as in the step;
+* optimizer: the two Adam steps;
+* step: ``Trainer.run_step`` on a ready batch (augmentation + forward + backward + optimizer).
+
+The issue's GPU target is augmentation + losses <= 15% of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ctrlaug.augment import augment_batch  # noqa: E402
+from ctrlaug.config import load_config  # noqa: E402
+from ctrlaug.models import normalize_input  # noqa: E402
+from ctrlaug.train import Trainer  # noqa: E402
+
+PRESETS = {
+    "cpu": [
+        "progress=false",
+        "plot=false",
+        "tensorboard=false",
+        "probe=false",
+        "resume=none",
+        "num_workers=0",
+    ],
+    "gpu": [
+        "progress=false",
+        "plot=false",
+        "tensorboard=false",
+        "probe=false",
+        "resume=none",
+        "device=cuda",
+        "width=1.0",
+        "proj_hidden=512",
+        "proj_dim=128",
+        "mi_hidden=512",
+        "td_hidden=512",
+        "batch_size=32",
+        "augment.size=112",
+        "augment.global_frames=16",
+        "augment.clip_frames=16",
+        "augment.levels_per_step=32",
+        "synthetic.size=128",
+        "synthetic.num_frames=64",
+        "synthetic.train_per_class=16",
+        "num_workers=8",
+    ],
+}
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev: torch.device, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--data-batches", type=int, default=3, help="batches timed for the data part")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("overrides", nargs="*", help="config key=value")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore", category=RuntimeWarning, message="ctrlaug: no fused backend")
+    cfg = load_config(
+        None, PRESETS[args.preset] + [f"out_dir=/tmp/ctrlaug_bench_{os.getpid()}"] + args.overrides
+    )
+    tr = Trainer(cfg)
+    dev, obj = tr.device, tr.obj
+    amp = (
+        torch.autocast(dev.type, dtype=tr.amp_dtype) if tr.amp_dtype is not None else contextlib.nullcontext()
+    )
+    res: dict[str, float] = {}
+
+    # ---- data: batches straight from the loader (workers decode/render and crop) ----------------
+    it = iter(tr.loader)
+    batch = next(it)  # also starts the workers
+    ts = []
+    for _ in range(args.data_batches):
+        t0 = time.perf_counter()
+        try:
+            next(it)
+        except StopIteration:
+            break
+        ts.append(time.perf_counter() - t0)
+    res["data"] = sorted(ts)[len(ts) // 2] if ts else float("nan")
+    del it
+
+    # ---- augmentation (tau_l on the device) -----------------------------------------------------
+    B, V = batch["boxes"].shape[:2]
+    K = V - 1
+
+    def aug():
+        lv, params = tr._levels(B, V)
+        return normalize_input(augment_batch(dict(batch, levels=lv, lowlevel=params), dev, cfg=cfg.augment))
+
+    res["augmentation"] = timed(aug, dev, args.reps)
+    views = aug()
+    glob = views[:, 0]
+    clips = views[:, 1:].reshape(B * K, *views.shape[2:])
+    if cfg.channels_last and dev.type == "cuda":
+        glob = glob.contiguous(memory_format=torch.channels_last_3d)
+        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+
+    # ---- encoder forward + backward --------------------------------------------------------------
+    with torch.no_grad(), amp:
+        fc0, fg0 = obj.encode(clips, glob)
+    gc, gg = torch.randn_like(fc0), torch.randn_like(fg0)
+
+    def encoder():
+        with amp:
+            fc, fg = obj.encode(clips, glob)
+        torch.autograd.backward([fc, fg], [gc, gg])
+
+    res["encoder"] = timed(encoder, dev, args.reps)
+
+    # ---- losses on fixed features ----------------------------------------------------------------
+    boxes = batch["boxes"].to(dev)
+    lv, _ = tr._levels(B, V)
+    vid = batch["video_index"].to(dev)
+    queue = tr.queue.get()
+    fc_f, fg_f = fc0.float(), fg0.float()
+
+    def losses():
+        fc = fc_f.detach().requires_grad_()
+        fg = fg_f.detach().requires_grad_()
+        out = obj._losses(fc, fg, boxes[:, 1:], boxes[:, 0], lv.to(dev), vid, 1, queue)
+        out["loss"].backward()
+
+    names = [n for n in ("rc", "mi", "td", "nce") if getattr(obj, n) is not None]
+    saved = {n: getattr(obj, n) for n in names}
+    for n in names:
+        for m in names:
+            setattr(obj, m, saved[m] if m == n else None)
+        res[f"loss_{n}"] = timed(losses, dev, args.reps)
+    for m in names:
+        setattr(obj, m, saved[m])
+    res["losses (all)"] = timed(losses, dev, args.reps)
+
+    # ---- optimizer -----------------------------------------------------------------------------
+    def opt_step():
+        tr.opt.step()
+        if tr.mi_opt is not None:
+            tr.mi_opt.step()
+
+    res["optimizer"] = timed(opt_step, dev, args.reps)
+
+    # ---- whole step (augmentation + forward + backward + optimizer) ---------------------------
+    res["step"] = timed(lambda: tr.run_step(batch), dev, args.reps)
+    if dev.type == "cuda":
+        res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+
+    from ctrlaug.ops import status
+
+    st = status()
+    info = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu {platform.machine()}",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "batch_videos": B,
+        "views_per_video": V,
+        "view_shape": list(views.shape[2:]),
+        "clip_grid": list(fc0.shape[2:]),
+        "global_grid": list(fg0.shape[2:]),
+        "amp": str(tr.amp_dtype),
+        "ops_backend": "cpp" if st["cpp"] else ("cuda/triton" if dev.type == "cuda" else "reference"),
+        "overrides": args.overrides,
+    }
+    step = res["step"]
+    share = (res["augmentation"] + res["losses (all)"]) / step
+    print(
+        f"# step breakdown ({info['device']}, {B} videos x {V} views of {info['view_shape']}, amp {info['amp']})"
+    )
+    print("| part | ms | % of step |")
+    print("|---|---:|---:|")
+    for k, v in res.items():
+        if k == "peak_mem_gib":
+            continue
+        print(f"| {k} | {v * 1e3:.1f} | {100 * v / step:.1f} |")
+    print(f"augmentation + losses = {100 * share:.1f}% of the step (GPU target <= 15%)")
+    print(
+        f"clips/s (step only) = {B * V / step:.1f}; with data on the critical path = {B * V / (step + res['data']):.1f}"
+    )
+    if "peak_mem_gib" in res:
+        print(f"peak GPU memory {res['peak_mem_gib']:.1f} GiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "seconds": res, "aug_plus_losses_share": share}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

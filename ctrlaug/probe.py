@@ -1,0 +1,107 @@
+"""A minimal linear probe: frozen encoder features -> one linear layer -> top-1.
+
+Features of a video are the global-average-pooled last feature map of its evaluation clips
+(:class:`ctrlaug.data.VideoDataset` in ``mode="eval"``: uniformly spaced, centre-cropped),
+averaged over the clips. The classifier is trained full-batch with Adam on standardised
+features. This is the quick check the demo prints (trained vs random-init encoder); the full
+protocol of §4.2 (10 clips, softmax averaging, finetuning, retrieval) belongs to evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ctrlaug.models import normalize_input, pool
+
+__all__ = ["extract_features", "fit_linear", "linear_probe"]
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {
+        "views": torch.stack([s["views"] for s in samples]),
+        "label": torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64),
+    }
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    dataset,
+    device: torch.device | str = "cpu",
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip-averaged pooled features of every video of an eval-mode dataset.
+
+    Returns (features float32 [N, C], labels int64 [N]). The encoder runs in eval mode (BN
+    running statistics) and is put back in its previous mode afterwards.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
+    )
+    feats, labels = [], []
+    try:
+        for batch in loader:
+            v = batch["views"].to(device)  # uint8 [B, N, 3, F, S, S]
+            B, N = v.shape[:2]
+            x = normalize_input(v.flatten(0, 1).float().div_(255.0))
+            f = pool(encoder(x).float()).view(B, N, -1).mean(1)
+            feats.append(f.cpu())
+            labels.append(batch["label"])
+    finally:
+        encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 200,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """Full-batch Adam on standardised features; returns (classifier, mean, std)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    x = (train_x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        clf.weight.normal_(0, 0.01, generator=gen)
+        clf.bias.zero_()
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        opt.zero_grad()
+        F.cross_entropy(clf(x), train_y).backward()
+        opt.step()
+    return clf, mean, std
+
+
+def linear_probe(
+    encoder: nn.Module,
+    train_set,
+    test_set,
+    device: torch.device | str = "cpu",
+    *,
+    epochs: int = 200,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Top-1 (%) of a linear classifier on frozen features: ``{"top1", "train_top1"}``."""
+    tr_x, tr_y = extract_features(encoder, train_set, device, batch_size=batch_size, num_workers=num_workers)
+    te_x, te_y = extract_features(encoder, test_set, device, batch_size=batch_size, num_workers=num_workers)
+    num_classes = int(max(tr_y.max(), te_y.max())) + 1
+    clf, mean, std = fit_linear(tr_x, tr_y, num_classes, epochs=epochs, seed=seed)
+    with torch.no_grad():
+        top1 = (clf((te_x - mean) / std).argmax(1) == te_y).float().mean().item() * 100
+        train_top1 = (clf((tr_x - mean) / std).argmax(1) == tr_y).float().mean().item() * 100
+    return {"top1": top1, "train_top1": train_top1, "num_train": len(tr_y), "num_test": len(te_y)}

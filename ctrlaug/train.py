@@ -1,0 +1,668 @@
+"""Self-supervised pretraining: ``python -m ctrlaug.train [--config FILE] [key=value ...]``.
+
+With no arguments it runs the embedded demo (a small-width R3D-18 on the synthetic motion set,
+CPU, a few minutes), then a linear probe of the trained encoder beside a random-init one.
+``--help`` lists every key. ``torchrun --nproc_per_node N -m ctrlaug.train ...`` runs DDP
+(gloo on CPU, nccl on CUDA); ``batch_size`` is the global batch, split evenly over the ranks.
+
+One step (paper §3, §4.2):
+  1. the DataLoader yields uint8 views (global view + K clips per video, tau_p applied in the
+     workers) with their boxes;
+  2. tau_l levels and parameters are drawn for the *global* batch from a (seed, step) generator
+     and applied on the device (``ctrlaug.augment.augment_batch``);
+  3. :class:`ctrlaug.losses.CtrlAugObjective` runs f on the clips and f' on the global views and
+     returns L_rc, L_mi, L_td, L_nce (each switchable and weighted);
+  4. one backward; Adam on the encoder and heads, a second Adam on the MI statistics network.
+
+Everything random is a function of (seed, epoch, index) or (seed, step), so a resumed run
+reproduces the uninterrupted one and a DDP run reproduces one process on the same global batch.
+Rank 0 alone logs (CSV, TensorBoard when installed, progress bar) and checkpoints (atomic, every
+epoch and every ``ckpt_every_steps``); ``resume=auto`` continues from the newest good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ctrlaug.augment import augment_batch, sample_level_params, sample_levels
+from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
+from ctrlaug.data import build_dataset, collate_views
+from ctrlaug.losses import CtrlAugObjective, FeatureQueue
+from ctrlaug.models import build_encoder, normalize_input
+from ctrlaug.utils import dist as cdist
+from ctrlaug.utils.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from ctrlaug.utils.metrics import MetricWriter, ProgressBar, plot_losses
+
+__all__ = [
+    "main",
+    "train",
+    "build_objective",
+    "build_train_dataset",
+    "lr_milestones",
+    "Trainer",
+    "NonFiniteLossError",
+]
+
+LOSS_NAMES = ("rc", "mi", "td", "nce")
+STAT_NAMES = ("mi_level", "mi_lg", "mi_td", "td_acc", "mi_pairs")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss."""
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (seed, purpose, step, ...)."""
+    s = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
+    return (int(s[0]) << 31 ^ int(s[1])) & ((1 << 63) - 1)
+
+
+def lr_milestones(cfg: TrainConfig) -> list[int]:
+    """cfg.lr_milestones, or the paper rule: /10 at 75% of the epochs (150 of 200 on UCF-101),
+    70% on Kinetics-400 (70 of 100)."""
+    if cfg.lr_milestones is not None:
+        return sorted(cfg.lr_milestones)
+    frac = 0.7 if cfg.dataset in ("k400", "kinetics400") else 0.75
+    m = int(round(frac * cfg.epochs))
+    return [m] if 0 < m < cfg.epochs else []
+
+
+def build_objective(cfg: TrainConfig) -> CtrlAugObjective:
+    """Encoder + heads + enabled losses, from the config (CPU, fp32, not yet wrapped)."""
+    enc = build_encoder(cfg.arch, cfg.width)
+    a = cfg.augment
+    rc = dict(weight=cfg.rc_weight, tau=cfg.tau, backend=cfg.rc_backend) if cfg.rc else None
+    mi = (
+        dict(
+            weight=cfg.mi_weight,
+            hidden=cfg.mi_hidden,
+            estimator=cfg.mi_estimator,
+            ema_rate=cfg.mi_ema,
+            grl=cfg.mi_grl,
+            lg_weight=cfg.mi_lg_weight,
+            max_pairs=cfg.mi_max_pairs,
+        )
+        if cfg.mi
+        else None
+    )
+    td = (
+        dict(
+            weight=cfg.td_weight,
+            head=cfg.td_head,
+            hidden=cfg.td_hidden,
+            tau=cfg.td_tau,
+            estimator=cfg.td_estimator,
+            ema_rate=cfg.mi_ema,
+            shuffles=cfg.td_shuffles,
+        )
+        if cfg.td
+        else None
+    )
+    nce = dict(weight=cfg.nce_weight, tau=cfg.nce_tau, mode=cfg.nce_mode) if cfg.nce else None
+    return CtrlAugObjective(
+        enc,
+        a.num_clips,
+        tuple(cfg.global_stride1_stages),
+        cfg.proj_hidden,
+        cfg.proj_dim,
+        rc=rc,
+        mi=mi,
+        td=td,
+        nce=nce,
+    )
+
+
+def _data_config(cfg: TrainConfig):
+    return dataclasses.replace(cfg.data, seed=cfg.seed if cfg.data.seed is None else cfg.data.seed)
+
+
+def build_train_dataset(cfg: TrainConfig, split: str | None = None, mode: str = "pretrain"):
+    """The pretraining (or, with ``mode="eval"``, evaluation) dataset of the config."""
+    kw = {}
+    if cfg.dataset in ("ucf101", "hmdb51"):
+        kw["fold"] = cfg.fold
+    return build_dataset(
+        cfg.dataset,
+        cfg.data_root or None,
+        split or cfg.split,
+        augment=cfg.augment,
+        data=_data_config(cfg),
+        mode=mode,
+        synth=cfg.synthetic,
+        **kw,
+    )
+
+
+class _EpochIndexed(Dataset):
+    """Keys are (epoch, index): the per-sample view seed (seed, epoch, index) travels with the key,
+    so persistent DataLoader workers need no set_epoch broadcast."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, key):
+        epoch, idx = key
+        self.ds.set_epoch(epoch)
+        return self.ds[idx]
+
+
+class _GlobalBatches:
+    """Batch sampler: a (seed, epoch) permutation cut into global batches; this rank's slice.
+
+    Rank r of W takes items [r*B/W, (r+1)*B/W) of every global batch, so gathering the ranks in
+    order gives exactly the batch one process would see. Set ``epoch`` and ``start`` (batches to
+    skip when resuming mid-epoch) before iterating.
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int, world: int, max_steps: int = 0):
+        if global_batch % world:
+            raise ConfigError(
+                f"bad training config: batch_size={global_batch} must be divisible by the {world} ranks"
+            )
+        if n < global_batch:
+            raise ConfigError(f"bad training config: batch_size={global_batch} exceeds the dataset size {n}")
+        self.n, self.B, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
+        self.steps = n // global_batch
+        if max_steps:
+            self.steps = min(self.steps, max_steps)
+        self.epoch, self.start = 0, 0
+
+    def __len__(self):
+        return self.steps - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(_seed(self.seed, 0, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        per = self.B // self.world
+        for s in range(self.start, self.steps):
+            batch = perm[s * self.B : (s + 1) * self.B]
+            yield [(self.epoch, i) for i in batch[self.rank * per : (self.rank + 1) * per]]
+
+
+class Trainer:
+    """State and loop of one pretraining run; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = None):
+        self.cfg = cfg
+        self.on_step = on_step
+        want = cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("bad training config: device='cuda' but torch sees no CUDA device")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rank, self.world, local_rank = cdist.init_distributed(want)
+        self.device = torch.device("cuda", local_rank) if want == "cuda" else torch.device("cpu")
+        self.main = self.rank == 0
+        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+        # ---- model ------------------------------------------------------------------------------
+        torch.manual_seed(cfg.seed)
+        obj = build_objective(cfg)
+        if cfg.sync_bn and self.world > 1:
+            obj.encoder = cdist.convert_sync_bn(obj.encoder, self.device.type)
+        obj.to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            obj.encoder.to(memory_format=torch.channels_last_3d)
+        if cfg.compile:
+            obj.encoder.compile()
+        self.obj = obj
+        self.model = obj
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(obj, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        mi_params = list(obj.mi.G.parameters()) if obj.mi is not None else []
+        mi_ids = {id(p) for p in mi_params}
+        main_params = [p for p in obj.parameters() if id(p) not in mi_ids]
+        self.opt = torch.optim.Adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.mi_opt = torch.optim.Adam(mi_params, lr=cfg.mi_lr) if mi_params else None
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, lr_milestones(cfg), gamma=cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.queue = FeatureQueue(cfg.queue_size if cfg.rc else 0, cfg.proj_dim).to(self.device)
+
+        # ---- data -------------------------------------------------------------------------------
+        self.dataset = build_train_dataset(cfg)
+        self.batches = _GlobalBatches(
+            len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world, cfg.max_steps_per_epoch
+        )
+        self.loader = DataLoader(
+            _EpochIndexed(self.dataset),
+            batch_sampler=self.batches,
+            collate_fn=_collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+
+        # ---- progress state ---------------------------------------------------------------------
+        self.epoch = 0  # epoch being run (or next to run)
+        self.step_in_epoch = 0  # steps of self.epoch already done
+        self.step = 0  # global optimisation steps done (skipped steps included)
+        self.bad_streak = 0
+        self.history: list[dict] = []
+        self.resumed_from: str | None = None
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.obj.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "mi_optimizer": self.mi_opt.state_dict() if self.mi_opt is not None else None,
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "queue": self.queue.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+            "bad_streak": self.bad_streak,
+            "rng": rng,
+            "config": config_to_dict(self.cfg),
+            "world_size": self.world,
+        }
+
+    def load_state_dict(self, state: dict, path: str = "checkpoint") -> None:
+        try:
+            self.obj.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"{path} does not fit this model (was it saved with another arch/width/heads?): {e}"
+            ) from None
+        self.opt.load_state_dict(state["optimizer"])
+        if self.mi_opt is not None and state.get("mi_optimizer") is not None:
+            self.mi_opt.load_state_dict(state["mi_optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.queue.load_state_dict(state["queue"])
+        self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
+        self.bad_streak = state.get("bad_streak", 0)
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it to the GPU
+        if "numpy" in rng:
+            np.random.set_state(rng["numpy"])
+        if "python" in rng:
+            random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            with contextlib.suppress(Exception):
+                torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+
+    def maybe_resume(self) -> None:
+        how = self.cfg.resume
+        if how == "none":
+            old = list_checkpoints(self.cfg.out_dir)
+            if old:  # new checkpoints would interleave with the old run's and resume=auto would mix them
+                raise ConfigError(
+                    f"bad training config: resume='none' but out_dir={self.cfg.out_dir!r} already holds "
+                    f"{len(old)} checkpoint(s) of another run; use a fresh out_dir, delete them, or resume=auto"
+                )
+            return
+        if how == "auto":
+            found = load_latest(self.cfg.out_dir, map_location=self.device)
+            if found is None:
+                return
+            path, state = found
+        else:
+            if not os.path.exists(how):
+                raise ConfigError(
+                    f"bad training config: resume={how!r}: no such checkpoint (use 'auto' or 'none')"
+                )
+            path, state = how, load_checkpoint(how, map_location=self.device)
+        self.load_state_dict(state, path)
+        self.resumed_from = path
+        changed = _config_diff(state.get("config", {}), config_to_dict(self.cfg))
+        if changed and self.main:
+            print(
+                f"[ctrlaug.train] resuming {path} with changed config keys: {', '.join(changed)}",
+                file=sys.stderr,
+            )
+
+    def save(self) -> None:
+        if self.main:
+            save_checkpoint(self.state_dict(), self.cfg.out_dir, self.step)
+            prune_checkpoints(self.cfg.out_dir, self.cfg.keep_checkpoints)
+        cdist.barrier()
+
+    # ---- one step -------------------------------------------------------------------------------
+    def _levels(self, B_local: int, V: int):
+        """tau_l levels + parameters of the global batch from a (seed, step) generator; this
+        rank's rows. Identical whatever the number of ranks."""
+        a = self.cfg.augment
+        g = torch.Generator().manual_seed(_seed(self.cfg.seed, 2, self.step))
+        Bg = B_local * self.world
+        lv = sample_levels(Bg * V, a, generator=g).reshape(Bg, V)
+        params = sample_level_params(lv, a, generator=g)
+        sl = slice(self.rank * B_local, (self.rank + 1) * B_local)
+        # field by field: LowLevelParams[slice] gives a plain tuple on Python 3.11's NamedTuple
+        return lv[sl], type(params)(*(t[sl] for t in params))
+
+    def run_step(self, batch: dict) -> dict[str, float]:
+        cfg, dev = self.cfg, self.device
+        t0 = time.perf_counter()
+        boxes = batch["boxes"]  # [B, V, 7]
+        B, V = boxes.shape[:2]
+        levels, params = self._levels(B, V)
+        batch = dict(batch, levels=levels, lowlevel=params)
+        views = augment_batch(batch, dev, cfg=cfg.augment)  # float [B, V, 3, F, S, S] in [0, 1]
+        views = normalize_input(views)
+        if cfg.channels_last and dev.type == "cuda":
+            views = views.contiguous()
+        glob = views[:, 0]
+        clips = views[:, 1:].reshape(B * (V - 1), *views.shape[2:])
+        if cfg.channels_last and dev.type == "cuda":
+            glob = glob.contiguous(memory_format=torch.channels_last_3d)
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        t_aug = time.perf_counter()
+        autocast = (
+            torch.autocast(dev.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.model(
+                clips,
+                glob,
+                boxes[:, 1:].to(dev),
+                boxes[:, 0].to(dev),
+                levels.to(dev),
+                batch["video_index"].to(dev),
+                _seed(cfg.seed, 1, self.step),
+                self.queue.get(),
+            )
+        loss = out["loss"]
+        names = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if f"loss_{n}" in out]
+        names += [n for n in STAT_NAMES if n in out]
+        vals = cdist.all_reduce_mean(torch.stack([out[n].detach().float() for n in names]))
+        finite = bool(torch.isfinite(vals[: len(names) - sum(n in STAT_NAMES for n in names)]).all())
+        metrics = dict(zip(names, vals.tolist()))
+        if not finite:
+            self.bad_streak += 1
+            self.opt.zero_grad(set_to_none=True)
+            if self.mi_opt is not None:
+                self.mi_opt.zero_grad(set_to_none=True)
+            metrics["skipped"] = 1.0
+            if self.main:
+                print(
+                    f"[ctrlaug.train] step {self.step}: non-finite loss "
+                    f"({', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}); step skipped "
+                    f"({self.bad_streak}/{cfg.max_bad_steps} in a row)",
+                    file=sys.stderr,
+                )
+            if self.bad_streak >= cfg.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"aborting: {self.bad_streak} consecutive steps with a non-finite loss (last step {self.step}: "
+                    f"{', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}). Lower lr / the loss weights, "
+                    "check the data, or raise max_bad_steps."
+                )
+        else:
+            self.bad_streak = 0
+            self.opt.zero_grad(set_to_none=True)
+            if self.mi_opt is not None:
+                self.mi_opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip
+                )
+            self.scaler.step(self.opt)
+            if self.mi_opt is not None:
+                self.scaler.step(self.mi_opt)
+            self.scaler.update()
+            if "keys" in out:
+                self.queue.push(out["keys"])
+            metrics["skipped"] = 0.0
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t1 = time.perf_counter()
+        metrics["time_aug"] = t_aug - t0
+        metrics["time_step"] = t1 - t0
+        return metrics
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.maybe_resume()
+        if self.main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+        fields = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if getattr(cfg, n)] + list(STAT_NAMES)
+        fields += ["lr", "clips_per_s", "skipped"]
+        writer = MetricWriter(
+            cfg.out_dir,
+            fields,
+            enabled=self.main,
+            tensorboard=cfg.tensorboard,
+            resume_step=self.step if self.resumed_from else None,
+        )
+        if self.main:
+            self._banner(writer)
+        steps_per_epoch = self.batches.steps
+        total = cfg.epochs * steps_per_epoch
+        done = self.epoch * steps_per_epoch + self.step_in_epoch
+        bar = ProgressBar(total, enabled=self.main and cfg.progress, every=cfg.log_every)
+        clips_per_video = 1 + cfg.augment.num_clips
+        try:
+            while self.epoch < cfg.epochs:
+                self.batches.epoch, self.batches.start = self.epoch, self.step_in_epoch
+                self.obj.train()
+                t_wait = time.perf_counter()
+                for batch in self.loader:
+                    t_data = time.perf_counter() - t_wait
+                    m = self.run_step(batch)
+                    self.step += 1
+                    self.step_in_epoch += 1
+                    done += 1
+                    dt = t_data + m["time_step"]
+                    m["clips_per_s"] = cfg.batch_size * clips_per_video / max(dt, 1e-9)
+                    m["time_data"] = t_data
+                    m["lr"] = self.opt.param_groups[0]["lr"]
+                    m["epoch"] = self.epoch
+                    m["step"] = self.step
+                    self.history.append(m)
+                    if self.main and (
+                        self.step % cfg.log_every == 0 or self.step_in_epoch == steps_per_epoch
+                    ):
+                        writer.log(
+                            self.step, self.epoch, {k: v for k, v in m.items() if k not in ("step", "epoch")}
+                        )
+                    bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
+                    if self.on_step is not None:
+                        self.on_step(self.step, self.epoch, m)
+                    if (
+                        cfg.ckpt_every_steps
+                        and self.step % cfg.ckpt_every_steps == 0
+                        and self.step_in_epoch < steps_per_epoch
+                    ):
+                        self.save()
+                    t_wait = time.perf_counter()
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.sched.step()
+                self.save()
+        finally:
+            bar.close()
+            writer.close()
+        plot_note = None
+        if self.main and cfg.plot and os.path.exists(writer.path):
+            plot_note = plot_losses(writer.path, os.path.join(cfg.out_dir, "loss_curve.png"))
+            if plot_note:
+                print(f"[ctrlaug.train] {plot_note}", file=sys.stderr)
+        return {
+            "history": self.history,
+            "out_dir": cfg.out_dir,
+            "steps": self.step,
+            "resumed_from": self.resumed_from,
+        }
+
+    def _banner(self, writer: MetricWriter) -> None:
+        from ctrlaug.ops import status
+
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.obj.encoder.parameters())
+        on = [n for n in LOSS_NAMES if getattr(cfg, n)]
+        st = status()
+        print(
+            f"[ctrlaug.train] {cfg.arch} width {cfg.width} ({n_params / 1e6:.2f}M params) on {self.device}"
+            f" x{self.world}, amp={self.amp_dtype}, losses={'+'.join(on)}, dataset={cfg.dataset} "
+            f"({len(self.dataset)} videos, {self.batches.steps} steps/epoch x {cfg.epochs} epochs), "
+            f"ops: cpp={st['cpp']} cuda={st['cuda_kernels']}, out_dir={cfg.out_dir}"
+            + (f", resumed from {self.resumed_from}" if self.resumed_from else ""),
+            file=sys.stderr,
+        )
+        if writer.tb_note:
+            print(f"[ctrlaug.train] {writer.tb_note}", file=sys.stderr)
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``resume`` ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b and k != "resume":
+            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
+    return out
+
+
+def _collate(samples):
+    return collate_views(samples, levels=False)
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Run (or resume) pretraining; returns ``{"history", "out_dir", "steps", "resumed_from",
+    "trainer"}``. ``on_step(step, epoch, metrics)`` is called after every step (tests use it
+    to interrupt a run)."""
+    trainer = Trainer(cfg, on_step)
+    result = trainer.fit()
+    result["trainer"] = trainer
+    return result
+
+
+def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) -> dict:
+    """Linear probe of ``encoder`` and of a random-init encoder of the same architecture."""
+    from ctrlaug.probe import linear_probe
+
+    aug = dataclasses.replace(cfg.augment, eval_clips=cfg.probe_clips)
+    pcfg = dataclasses.replace(cfg, augment=aug)
+    train_set = build_train_dataset(pcfg, cfg.split, mode="eval")
+    test_set = build_train_dataset(pcfg, cfg.probe_split, mode="eval")
+    kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
+    trained = linear_probe(encoder, train_set, test_set, device, **kw)
+    torch.manual_seed(cfg.seed + 1)
+    rand = build_encoder(cfg.arch, cfg.width).to(device)
+    random_init = linear_probe(rand, train_set, test_set, device, **kw)
+    return {"trained": trained, "random_init": random_init}
+
+
+def _parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    path, overrides, want_help = None, [], False
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            want_help = True
+        elif a == "--config":
+            path = next(it, None)
+            if path is None:
+                raise ConfigError("bad training config: --config needs a YAML path")
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif "=" not in a and a.endswith((".yaml", ".yml")):
+            path = a
+        elif a.startswith("--") and "=" in a:
+            overrides.append(a[2:])
+        else:
+            overrides.append(a)
+    return path, overrides, want_help
+
+
+USAGE = """usage: python -m ctrlaug.train [--config FILE.yaml] [key=value ...]
+       torchrun --nproc_per_node N -m ctrlaug.train [--config FILE.yaml] [key=value ...]
+
+No arguments: the embedded demo (small R3D-18, synthetic motion set, CPU, a few minutes), then a
+linear probe of the trained encoder beside a random-init one. Values given as key=value are parsed
+as YAML (lists: key=[3,4] or key=3,4; nested: augment.num_clips=3).
+
+keys (default  [type] {choices}):
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        path, overrides, want_help = _parse_args(argv)
+        if want_help:
+            print(USAGE + help_text())
+            return 0
+        cfg = load_config(path, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        result = train(cfg)
+    except (ConfigError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer = result["trainer"]
+    if trainer.main:
+        hist = result["history"]
+        if hist:
+            first = [h["loss"] for h in hist[: max(1, len(hist) // 10)] if not h.get("skipped")]
+            last = [h["loss"] for h in hist[-max(1, len(hist) // 10) :] if not h.get("skipped")]
+            if first and last:
+                print(
+                    f"[ctrlaug.train] {result['steps']} steps in {time.perf_counter() - t0:.0f}s; "
+                    f"loss {sum(first) / len(first):.4f} (first 10%) -> {sum(last) / len(last):.4f} (last 10%)"
+                )
+        if cfg.probe:
+            t1 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = run_probe(cfg, trainer.obj.encoder, trainer.device)
+            tr, rd = res["trained"], res["random_init"]
+            msg = (
+                f"linear probe on {cfg.dataset}/{cfg.probe_split} ({tr['num_train']} train / {tr['num_test']} test "
+                f"videos, {time.perf_counter() - t1:.0f}s): top-1 trained encoder {tr['top1']:.1f}% | "
+                f"random-init encoder {rd['top1']:.1f}%"
+            )
+            print(msg)
+            with open(os.path.join(cfg.out_dir, "probe.txt"), "w") as f:
+                f.write(msg + "\n")
+        print(f"[ctrlaug.train] total {time.perf_counter() - t0:.0f}s; run folder {cfg.out_dir}")
+    if cdist.is_dist():
+        cdist.barrier()
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
