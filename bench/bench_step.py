@@ -32,6 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import time_once  # noqa: E402
+
 from ctrlaug.augment import augment_batch  # noqa: E402
 from ctrlaug.config import load_config  # noqa: E402
 from ctrlaug.models import normalize_input  # noqa: E402
@@ -69,25 +72,6 @@ PRESETS = {
         "num_workers=8",
     ],
 }
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def timed(fn, dev: torch.device, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(dev)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        ts.append(time.perf_counter() - t0)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def main() -> int:
@@ -131,7 +115,7 @@ def main() -> int:
         lv, params = tr._levels(B, V)
         return normalize_input(augment_batch(dict(batch, levels=lv, lowlevel=params), dev, cfg=cfg.augment))
 
-    res["augmentation"] = timed(aug, dev, args.reps)
+    res["augmentation"] = time_once(aug, dev, args.reps)
     views = aug()
     glob = views[:, 0]
     clips = views[:, 1:].reshape(B * K, *views.shape[2:])
@@ -149,7 +133,7 @@ def main() -> int:
             fc, fg = obj.encode(clips, glob)
         torch.autograd.backward([fc, fg], [gc, gg])
 
-    res["encoder"] = timed(encoder, dev, args.reps)
+    res["encoder"] = time_once(encoder, dev, args.reps)
 
     # ---- losses on fixed features ----------------------------------------------------------------
     boxes = batch["boxes"].to(dev)
@@ -169,10 +153,10 @@ def main() -> int:
     for n in names:
         for m in names:
             setattr(obj, m, saved[m] if m == n else None)
-        res[f"loss_{n}"] = timed(losses, dev, args.reps)
+        res[f"loss_{n}"] = time_once(losses, dev, args.reps)
     for m in names:
         setattr(obj, m, saved[m])
-    res["losses (all)"] = timed(losses, dev, args.reps)
+    res["losses (all)"] = time_once(losses, dev, args.reps)
 
     # ---- optimizer -----------------------------------------------------------------------------
     def opt_step():
@@ -180,10 +164,10 @@ def main() -> int:
         if tr.mi_opt is not None:
             tr.mi_opt.step()
 
-    res["optimizer"] = timed(opt_step, dev, args.reps)
+    res["optimizer"] = time_once(opt_step, dev, args.reps)
 
     # ---- whole step (augmentation + forward + backward + optimizer) ---------------------------
-    res["step"] = timed(lambda: tr.run_step(batch), dev, args.reps)
+    res["step"] = time_once(lambda: tr.run_step(batch), dev, args.reps)
     if dev.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
 
