@@ -625,9 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    from ctrlaug.data import DatasetFormatError
+
     try:
         result = train(cfg)
-    except (ConfigError, NonFiniteLossError) as e:
+    except (ConfigError, NonFiniteLossError, DatasetFormatError) as e:
+        # Bad input the user can fix: one clear line, no traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
     trainer = result["trainer"]

@@ -381,3 +381,12 @@ def test_resume_none_refuses_a_folder_with_checkpoints(tmp_path):
         train(tiny(tmp_path, "resume=none"))
     with pytest.raises(ConfigError, match="no such checkpoint"):
         train(tiny(tmp_path, f"resume={tmp_path / 'missing.pt'}", name="other"))
+
+
+def test_missing_dataset_root_is_one_clear_error(tmp_path, capsys):
+    from ctrlaug.train import main
+
+    rc = main(["dataset=ucf101", f"data_root={tmp_path / 'nope'}", f"out_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "dataset root not found" in err and str(tmp_path / "nope") in err
