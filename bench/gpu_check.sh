@@ -34,4 +34,11 @@ timeout 240 $PY -m pytest bench/bench_region_contrast.py bench/bench_corresponde
 echo "bench rc=$?" | tee -a "$OUT/steps.log"
 tail -40 "$OUT/bench.log"
 $PY bench/summarize.py "$OUT/bench.json" > "$OUT/bench_summary.md" 2>&1 && cat "$OUT/bench_summary.md"
+step "pipeline (GPU tau_l) and training-step breakdown"
+timeout 120 $PY -m pytest bench/bench_pipeline.py -k low_level --benchmark-only -q \
+  --benchmark-json="$OUT/bench_pipeline.json" > "$OUT/bench_pipeline.log" 2>&1
+echo "pipeline rc=$?" | tee -a "$OUT/steps.log"
+timeout 120 $PY bench/bench_step.py --preset gpu --json "$OUT/step.json" > "$OUT/step.log" 2>&1
+echo "step rc=$?" | tee -a "$OUT/steps.log"
+tail -16 "$OUT/step.log"
 step "done"
