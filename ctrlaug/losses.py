@@ -202,8 +202,12 @@ class RegionContrastLoss(nn.Module):
         Returns (loss, gathered keys [world*B*Nv, D] detached, for the queue).
         """
         cg, vg = tuple(clip_cells.shape[2:]), tuple(global_cells.shape[2:])
-        q = cells(clip_cells).float()
-        k = cdist.gather_with_grad(cells(global_cells).float())
+        # Under autocast the fused op takes the autocast dtype (bf16/fp16 tensor-core path,
+        # float32 accumulation inside the kernel); otherwise float32.
+        dev = clip_cells.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32
+        q = cells(clip_cells).to(dt)
+        k = cdist.gather_with_grad(cells(global_cells).to(dt))
         offset = cdist.rank() * global_cells.shape[0]
         S = correspondence(clip_boxes.float(), global_boxes.float()[owner], cg, vg, backend=self.backend)
         loss = region_contrast(

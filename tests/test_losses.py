@@ -93,6 +93,30 @@ def test_rc_with_queue_matches_reference_and_queue_gets_no_grad():
     assert not queue.feats.requires_grad
 
 
+def test_rc_runs_the_fused_op_in_the_autocast_dtype(monkeypatch):
+    """Under bf16 autocast L_rc hands bf16 cells to the op (its tensor-core path); fp32 otherwise."""
+    import ctrlaug.losses as L
+
+    seen = []
+
+    def spy(q, k, *a, **kw):
+        seen.append((q.dtype, k.dtype))
+        return region_contrast_ref(q, k, *a, **kw)
+
+    monkeypatch.setattr(L, "region_contrast", spy)
+    gen = torch.Generator().manual_seed(0)
+    B, K, D = 2, 2, 8
+    qc = torch.nn.functional.normalize(torch.randn(B * K, D, 1, 2, 2, generator=gen), dim=1)
+    kg = torch.nn.functional.normalize(torch.randn(B, D, 4, 2, 2, generator=gen), dim=1)
+    cb, gb = _boxes(B, K, gen)
+    owner = torch.arange(B).repeat_interleave(K)
+    fn = RegionContrastLoss(tau=0.1, backend="reference")
+    fn(qc, kg, cb.reshape(-1, 7), gb, owner)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fn(qc, kg, cb.reshape(-1, 7), gb, owner)
+    assert seen == [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+
+
 def test_feature_queue_is_fifo():
     q = FeatureQueue(4, 1)
     assert q.get() is None
