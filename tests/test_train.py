@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 import yaml
+from tiny import TINY
 
 from ctrlaug.config import ConfigError, TrainConfig, config_from_dict, load_config
 from ctrlaug.losses import cells
@@ -22,31 +23,6 @@ from ctrlaug.train import NonFiniteLossError, Trainer, lr_milestones, main, trai
 from ctrlaug.utils.checkpoint import list_checkpoints, load_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A run of a few seconds: 8 two-class synthetic videos, 32x32 views of 8 frames, K=2, width 1/16.
-TINY = [
-    "width=0.0625",
-    "synthetic.num_classes=2",
-    "synthetic.train_per_class=4",
-    "synthetic.test_per_class=2",
-    "synthetic.num_frames=16",
-    "synthetic.size=32",
-    "augment.size=32",
-    "augment.num_clips=2",
-    "augment.levels_per_step=3",
-    "batch_size=4",
-    "proj_hidden=16",
-    "proj_dim=8",
-    "mi_hidden=8",
-    "td_hidden=8",
-    "num_workers=0",
-    "probe=false",
-    "progress=false",
-    "plot=false",
-    "tensorboard=false",
-    "log_every=1",
-    "lr_milestones=[]",
-]
 
 
 def tiny(tmp_path, *extra: str, name: str = "run") -> TrainConfig:

@@ -1,0 +1,507 @@
+"""Downstream evaluation of a pretrained encoder (paper §4.2-4.3): linear probe, finetuning,
+nearest-neighbour retrieval and weighted kNN.
+
+``python -m ctrlaug.evaluate {linear,finetune,retrieval,knn} --checkpoint RUN_OR_CKPT`` loads the
+encoder of a pretraining checkpoint (or a random-init one with ``--random-init``), builds the
+datasets of the checkpoint's own config (or ``--dataset FORMAT --data-root ROOT``) in evaluation
+mode (``eval_clips`` = 10 uniformly spaced clips per video, centre crop at the configured size),
+and writes ``<out>/eval_<protocol>.json`` and ``.md``. Bad input (missing checkpoint, checkpoint
+not matching the model config, bad dataset) prints one ``error:`` line and exits with code 2.
+
+Protocols (see docs/evaluation.md):
+
+* linear: frozen encoder; a linear classifier on the global-average-pooled last feature map,
+  trained on every train clip; test: softmax of each of the 10 clips, averaged per video.
+  Top-1 at clip level and video level.
+* finetune: the whole encoder + a linear layer end to end on one random clip of each train video
+  per epoch (plus horizontal flip); tested like linear.
+* retrieval: test videos query the train set; video feature = mean of its 10 clips' pooled
+  features, cosine similarity; R@k = a top-k neighbour shares the query's class (k = 1,5,10,20,50).
+* knn: temperature-weighted kNN (k=20, t=0.07) on the same L2-normalised video features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ctrlaug.models import build_encoder, normalize_input, pool
+
+__all__ = [
+    "EvalError",
+    "retrieval_recall",
+    "knn_top1",
+    "load_encoder",
+    "resolve_checkpoint",
+    "extract_clip_features",
+    "fit_linear_clips",
+    "evaluate_clips",
+    "finetune",
+    "build_eval_datasets",
+    "run",
+    "main",
+]
+
+PROTOCOLS = ("linear", "finetune", "retrieval", "knn")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (missing checkpoint, config mismatch, bad dataset): one clear line."""
+
+
+# ------------------------------------------------------------------------------------------------
+# protocol functions on features
+
+
+def _l2n(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=1)
+
+
+def retrieval_recall(
+    query_feats: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_feats: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10, 20, 50),
+) -> dict[int, float]:
+    """Top-k retrieval recall (paper §4.3, Table 9 protocol), cosine similarity.
+
+    Args:
+        query_feats: float [Q, C] (test videos); query_labels: int [Q].
+        gallery_feats: float [G, C] (train videos); gallery_labels: int [G].
+        ks: cut-offs; a k larger than G is clipped to G (its value is still reported under k).
+
+    Returns ``{k: recall in %}``: the share of queries with at least one of their k most similar
+    gallery items of the same class.
+    """
+    q, g = _l2n(query_feats), _l2n(gallery_feats)
+    ql, gl = torch.as_tensor(query_labels).long(), torch.as_tensor(gallery_labels).long()
+    if q.shape[0] != ql.shape[0] or g.shape[0] != gl.shape[0] or q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"retrieval_recall: shape mismatch {tuple(q.shape)}/{tuple(ql.shape)} vs "
+            f"{tuple(g.shape)}/{tuple(gl.shape)}"
+        )
+    if g.shape[0] == 0 or q.shape[0] == 0:
+        raise ValueError("retrieval_recall: empty query or gallery")
+    kmax = min(max(ks), g.shape[0])
+    idx = (q @ g.T).topk(kmax, dim=1).indices  # [Q, kmax], most similar first
+    hit = gl[idx] == ql[:, None]  # [Q, kmax]
+    first = torch.cumsum(hit.int(), dim=1) > 0  # hit within the first j+1
+    return {int(k): first[:, min(k, kmax) - 1].float().mean().item() * 100 for k in ks}
+
+
+def knn_top1(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    t: float = 0.07,
+    num_classes: int | None = None,
+) -> float:
+    """Weighted kNN top-1 (%) on frozen features (instance-discrimination style monitor).
+
+    Features float [N, C] are L2-normalised; each test item takes its k most cosine-similar train
+    items, each voting for its class with weight ``exp(sim / t)``; the class with the largest vote
+    wins. Labels int [N]. Usable as a cheap monitor during pretraining.
+    """
+    tr, te = _l2n(train_feats), _l2n(test_feats)
+    trl, tel = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
+    C = int(num_classes or int(max(trl.max(), tel.max())) + 1)
+    k = min(k, tr.shape[0])
+    sim, idx = (te @ tr.T).topk(k, dim=1)  # [M, k]
+    w = (sim / t).exp()
+    votes = torch.zeros(te.shape[0], C).scatter_add_(1, trl[idx], w)
+    return (votes.argmax(1) == tel).float().mean().item() * 100
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint and datasets
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or the newest ``ckpt_*.pt`` of a run folder; EvalError if none."""
+    from ctrlaug.utils.checkpoint import list_checkpoints
+
+    if os.path.isdir(path):
+        found = list_checkpoints(path)
+        if not found:
+            raise EvalError(f"no checkpoint (ckpt_*.pt) in run folder {path}")
+        return found[0]
+    if not os.path.isfile(path):
+        raise EvalError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_encoder(
+    checkpoint: str | None,
+    config_path: str | None = None,
+    random_init: bool = False,
+    overrides: Sequence[str] = (),
+):
+    """Encoder of a pretraining checkpoint: ``(encoder, TrainConfig, checkpoint path or None)``.
+
+    The model config is the checkpoint's own, or ``config_path`` (YAML) when given; the
+    checkpoint's encoder weights must match it exactly, otherwise EvalError. ``random_init`` keeps
+    the freshly initialised encoder (seeded by the config's seed) as a baseline.
+    """
+    from ctrlaug.config import ConfigError, config_from_dict, load_config
+    from ctrlaug.config import apply_overrides as _apply
+
+    state, path = None, None
+    if checkpoint:
+        path = resolve_checkpoint(checkpoint)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise EvalError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise EvalError(f"{path} is not a ctrlaug pretraining checkpoint (no 'model'/'config')")
+    try:
+        if config_path:
+            cfg = load_config(config_path, list(overrides))
+        elif state is not None:
+            cfg = config_from_dict(_apply(dict(state["config"]), list(overrides)))
+        else:
+            cfg = load_config(None, list(overrides))
+    except (ConfigError, OSError) as e:
+        raise EvalError(f"bad config: {e}".splitlines()[0]) from None
+    torch.manual_seed(cfg.seed)
+    enc = build_encoder(cfg.arch, cfg.width)
+    if state is not None and not random_init:
+        sd = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+        if not sd:
+            raise EvalError(f"{path} holds no encoder weights")
+        try:
+            enc.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            ck = state["config"]
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise EvalError(
+                f"checkpoint {path} (arch={ck.get('arch')}, width={ck.get('width')}) does not match the "
+                f"model config (arch={cfg.arch}, width={cfg.width}): " + detail
+            ) from None
+    return enc, cfg, path
+
+
+def build_eval_datasets(
+    cfg,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    eval_clips: int = 10,
+):
+    """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, centre crop."""
+    from ctrlaug.train import build_train_dataset
+
+    aug = dataclasses.replace(cfg.augment, eval_clips=eval_clips)
+    c = dataclasses.replace(cfg, augment=aug)
+    if dataset:
+        c = dataclasses.replace(c, dataset=dataset)
+    if data_root:
+        c = dataclasses.replace(c, data_root=data_root)
+    try:
+        tr = build_train_dataset(c, train_split or cfg.split, mode="eval")
+        te = build_train_dataset(c, test_split or cfg.probe_split, mode="eval")
+    except (ValueError, OSError) as e:
+        raise EvalError(f"cannot build dataset {c.dataset!r} ({c.data_root or 'no root'}): {e}") from None
+    if len(tr) == 0 or len(te) == 0:
+        raise EvalError(f"dataset {c.dataset!r} has an empty split ({len(tr)} train, {len(te)} test)")
+    return tr, te
+
+
+def _collate(samples: list[dict]) -> dict:
+    return {
+        "views": torch.stack([s["views"] for s in samples]),
+        "label": torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64),
+    }
+
+
+def _loader(ds, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=g)
+
+
+def _prep(views: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, F, S, S] -> normalised float [.., 3, F, S, S]."""
+    return normalize_input(views.float().div_(255.0))
+
+
+@torch.no_grad()
+def extract_clip_features(
+    encoder: nn.Module, dataset, batch_size: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of every clip of an eval-mode dataset.
+
+    Returns (features float32 [N videos, V clips, C], labels int64 [N]); the encoder runs in eval
+    mode (BN running statistics) and is put back in its previous mode.
+    """
+    was = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    try:
+        for b in _loader(dataset, batch_size):
+            v = b["views"]  # uint8 [B, V, 3, F, S, S]
+            B, V = v.shape[:2]
+            feats.append(pool(encoder(_prep(v.flatten(0, 1))).float()).view(B, V, -1))
+            labels.append(b["label"])
+    finally:
+        encoder.train(was)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_linear_clips(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+):
+    """Linear classifier on clip features float [N, V, C] (every clip a sample, its video's label).
+
+    Standardised features, Adam, mini-batches. Returns a callable ``[..., C] -> logits``.
+    """
+    x = train_x.reshape(-1, train_x.shape[-1])
+    y = train_y[:, None].expand(train_x.shape[:2]).reshape(-1)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        clf.weight.normal_(0, 0.01, generator=g)
+        clf.bias.zero_()
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        for i in torch.randperm(len(x), generator=g).split(batch_size):
+            opt.zero_grad()
+            F.cross_entropy(clf(x[i]), y[i]).backward()
+            opt.step()
+    clf.eval()
+    return lambda f: clf((f - mean) / std)
+
+
+def evaluate_clips(clip_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 (%) from clip logits float [N, V, K]: ``clip_top1`` (each clip alone) and
+    ``video_top1`` (softmax averaged over the V clips, paper §4.2)."""
+    p = clip_logits.float().softmax(-1)
+    clip = (p.argmax(-1) == labels[:, None]).float().mean().item() * 100
+    video = (p.mean(1).argmax(-1) == labels).float().mean().item() * 100
+    return {"clip_top1": clip, "video_top1": video}
+
+
+def finetune(
+    encoder: nn.Module,
+    train_set,
+    test_set,
+    num_classes: int,
+    *,
+    epochs: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    weight_decay: float = 1e-5,
+    seed: int = 0,
+    flip: bool = True,
+    log=None,
+) -> dict:
+    """Finetune encoder + linear layer end to end; returns losses per epoch and the 10-clip test.
+
+    Each epoch every train video contributes one random clip of its eval clips (random
+    horizontal flip unless ``flip=False``); Adam. ``train_set``/``test_set``: eval-mode datasets (or
+    lists of their samples). Test as in :func:`evaluate_clips`.
+    """
+    g = torch.Generator().manual_seed(seed)
+    head = nn.Linear(encoder.out_channels, num_classes)
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for ep in range(epochs):
+        encoder.train()
+        tot, n = 0.0, 0
+        for b in _loader(train_set, batch_size, shuffle=True, seed=seed + ep):
+            v = b["views"]  # [B, V, 3, F, S, S]
+            pick = torch.randint(v.shape[1], (v.shape[0],), generator=g)
+            x = v[torch.arange(v.shape[0]), pick]
+            if flip:
+                f = torch.rand(v.shape[0], generator=g) < 0.5
+                x[f] = x[f].flip(-1)
+            loss = F.cross_entropy(head(pool(encoder(_prep(x)))), b["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot, n = tot + loss.item() * len(x), n + len(x)
+        losses.append(tot / max(n, 1))
+        if log:
+            log(f"finetune epoch {ep + 1}/{epochs}: loss {losses[-1]:.4f}")
+    encoder.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for b in _loader(test_set, batch_size):
+            v = b["views"]
+            B, V = v.shape[:2]
+            logits.append(head(pool(encoder(_prep(v.flatten(0, 1))))).view(B, V, -1))
+            labels.append(b["label"])
+    res = evaluate_clips(torch.cat(logits), torch.cat(labels))
+    res["train_loss"] = losses
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+
+def _features(enc, ds, split: str, args, ckpt: str | None, cache_dir: str | None):
+    """Clip features, cached as ``<out>/features_<split>.pt`` keyed by checkpoint and dataset."""
+    key = {
+        "checkpoint": os.path.abspath(ckpt) if ckpt else None,
+        "mtime": os.path.getmtime(ckpt) if ckpt else 0,
+        "random_init": bool(args.random_init),
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "split": split,
+        "n": len(ds),
+    }
+    path = os.path.join(cache_dir, f"features_{split}.pt") if cache_dir else None
+    if path and os.path.isfile(path):
+        try:
+            c = torch.load(path, weights_only=False)
+            if c.get("key") == key:
+                return c["feats"], c["labels"]
+        except Exception:
+            pass
+    f, y = extract_clip_features(enc, ds, args.batch_size)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        torch.save({"key": key, "feats": f, "labels": y}, path)
+    return f, y
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    """Run one protocol from parsed CLI arguments; writes and returns the result dict."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.checkpoint and not args.random_init:
+        raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
+    enc, cfg, ckpt = load_encoder(args.checkpoint, args.config, args.random_init)
+    train_set, test_set = build_eval_datasets(
+        cfg, args.train_split, args.test_split, args.dataset, args.data_root, args.clips
+    )
+    out = args.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    suffix = "_random" if args.random_init else ""
+    num_classes = int(train_set.num_classes) if train_set.num_classes else 0
+    num_classes = max(num_classes, int(max(train_set.labels)) + 1)
+    t0 = time.perf_counter()
+    res: dict = {
+        "protocol": args.protocol,
+        "checkpoint": ckpt,
+        "random_init": bool(args.random_init),
+        "dataset": args.dataset or cfg.dataset,
+        "num_train": len(train_set),
+        "num_test": len(test_set),
+        "clips": args.clips,
+        "num_classes": num_classes,
+    }
+    cache = out if args.cache else None
+    if args.protocol == "finetune":
+        res.update(
+            finetune(
+                enc,
+                train_set,
+                test_set,
+                num_classes,
+                epochs=args.epochs or 5,
+                lr=args.lr or 1e-3,
+                batch_size=args.batch_size,
+                seed=cfg.seed,
+                log=log,
+            )
+        )
+    else:
+        trf, trl = _features(enc, train_set, "train", args, ckpt, cache)
+        tef, tel = _features(enc, test_set, "test", args, ckpt, cache)
+        if args.protocol == "linear":
+            clf = fit_linear_clips(
+                trf, trl, num_classes, epochs=args.epochs or 100, lr=args.lr or 1e-2, seed=cfg.seed
+            )
+            with torch.no_grad():
+                res.update(evaluate_clips(clf(tef), tel))
+        elif args.protocol == "retrieval":
+            r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl)
+            res.update({f"R@{k}": v for k, v in r.items()})
+        else:
+            res["knn_top1"] = knn_top1(
+                trf.mean(1), trl, tef.mean(1), tel, k=args.k, t=args.t, num_classes=num_classes
+            )
+            res.update({"k": args.k, "t": args.t})
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"eval_{args.protocol}{suffix}")
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=2)
+    metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t")}
+    with open(stem + ".md", "w") as f:
+        f.write(f"# {args.protocol} evaluation\n\n")
+        f.write(
+            f"checkpoint: `{ckpt}`{' (random init)' if args.random_init else ''}; dataset: {res['dataset']} "
+            f"({res['num_train']} train / {res['num_test']} test videos, {args.clips} clips)\n\n"
+        )
+        f.write("| metric | value |\n|---|---|\n")
+        for k, v in metrics.items():
+            f.write(f"| {k} | {v:.2f} |\n")
+    res["json"], res["md"] = stem + ".json", stem + ".md"
+    log(f"{args.protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()) + f" -> {stem}.json")
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ctrlaug.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("protocol", choices=PROTOCOLS)
+    p.add_argument("--checkpoint", help="ckpt_*.pt file or a run folder (its newest checkpoint)")
+    p.add_argument("--config", help="model/data config YAML (default: the checkpoint's own)")
+    p.add_argument("--random-init", action="store_true", help="random-init encoder baseline")
+    p.add_argument("--dataset", help="dataset format (default: the checkpoint config's)")
+    p.add_argument("--data-root", help="dataset root (default: the checkpoint config's)")
+    p.add_argument("--train-split", help="train / gallery split (default: config split)")
+    p.add_argument("--test-split", help="test / query split (default: config probe_split)")
+    p.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video (paper: 10)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs (default: linear 100, finetune 5)")
+    p.add_argument(
+        "--lr", type=float, default=0.0, help="learning rate (default: linear 1e-2, finetune 1e-3)"
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="videos per batch")
+    p.add_argument("--k", type=int, default=20, help="knn neighbours")
+    p.add_argument("--t", type=float, default=0.07, help="knn vote temperature")
+    p.add_argument("--cache", action="store_true", help="cache clip features in the out folder")
+    p.add_argument("--out", help="output folder (default: the checkpoint's run folder)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

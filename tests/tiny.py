@@ -1,0 +1,26 @@
+"""The tiny training configuration shared by the training, evaluation and visualisation tests."""
+
+# A run of a few seconds: 8 two-class synthetic videos, 32x32 views of 8 frames, K=2, width 1/16.
+TINY = [
+    "width=0.0625",
+    "synthetic.num_classes=2",
+    "synthetic.train_per_class=4",
+    "synthetic.test_per_class=2",
+    "synthetic.num_frames=16",
+    "synthetic.size=32",
+    "augment.size=32",
+    "augment.num_clips=2",
+    "augment.levels_per_step=3",
+    "batch_size=4",
+    "proj_hidden=16",
+    "proj_dim=8",
+    "mi_hidden=8",
+    "td_hidden=8",
+    "num_workers=0",
+    "probe=false",
+    "progress=false",
+    "plot=false",
+    "tensorboard=false",
+    "log_every=1",
+    "lr_milestones=[]",
+]
