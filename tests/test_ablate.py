@@ -1,0 +1,196 @@
+"""Tests of the ablation runner (paper §4.4, Tables 4-7): rows, statistics, resume, summaries."""
+
+import json
+import os
+import warnings
+
+import pytest
+
+from ctrlaug import ablate
+from ctrlaug.config import load_config
+
+
+@pytest.mark.parametrize("table", sorted(ablate.TABLES))
+def test_every_row_is_a_valid_config(table, tmp_path):
+    rows = ablate.TABLES[table]
+    assert rows and len({r.slug for r in rows}) == len(rows)
+    for p in ablate.plan_runs(table, [0, 1], str(tmp_path)):
+        cfg = load_config(None, p["overrides"])
+        assert cfg.probe and cfg.seed == p["seed"] and cfg.out_dir == p["dir"]
+
+
+def test_row_counts_and_paper_numbers():
+    assert {t: len(r) for t, r in ablate.TABLES.items()} == {
+        "table4": 8,
+        "table5": 4,
+        "table6": 5,
+        "table7": 6,
+    }
+    t7 = ablate.TABLES["table7"]
+    assert (t7[-1].ucf101, t7[-1].hmdb51) == (71.2, 44.1)
+    assert (t7[0].ucf101, t7[0].hmdb51) == (57.1, 30.3)
+    assert (t7[4].ucf101, t7[4].hmdb51) == (62.3, 35.9)
+    t4 = ablate.TABLES["table4"]
+    assert (t4[0].ucf101, t4[0].hmdb51) == (47.8, 26.3)
+    assert (t4[-1].ucf101, t4[-1].hmdb51) == (60.1, 31.3)
+    assert (ablate.TABLES["table5"][3].ucf101, ablate.TABLES["table5"][3].hmdb51) == (59.4, 30.7)
+    assert (ablate.TABLES["table6"][4].ucf101, ablate.TABLES["table6"][4].hmdb51) == (60.5, 31.0)
+    # The full method appears in tables 4-6 with the same numbers (60.1 / 31.3).
+    assert ablate.TABLES["table5"][1].ucf101 == ablate.TABLES["table6"][3].ucf101 == 60.1
+
+
+def test_rows_realise_the_paper_settings(tmp_path):
+    def cfg(table, i):
+        return load_config(None, ablate.plan_runs(table, [0], str(tmp_path))[i]["overrides"])
+
+    nce = cfg("table7", 0)
+    assert nce.nce and not (nce.rc or nce.mi or nce.td)
+    full = cfg("table7", 5)
+    assert full.rc and full.mi and full.td and not full.nce
+    mixed = cfg("table7", 4)
+    assert mixed.nce and mixed.mi and mixed.td and not mixed.rc
+    k3 = cfg("table4", 5)
+    assert k3.augment.num_clips == 3 and k3.global_stride1_stages == [3, 4]
+    assert cfg("table4", 0).global_stride1_stages == [] and not cfg("table4", 0).td
+    lv = cfg("table5", 3).augment
+    assert lv.level_counts == (5, 5, 5, 2, 5)
+    assert cfg("table6", 1).td_head == "vcop" and not cfg("table6", 0).td
+
+
+def test_spearman():
+    assert ablate.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert ablate.spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert ablate.spearman([1, 3, 2], [1, 2, 3]) == pytest.approx(0.5)
+    assert ablate.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)  # ties
+    assert ablate.spearman([5.0], [1.0]) is None
+    assert ablate.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def _fake(acc_by_seed):
+    calls = []
+
+    def fake(overrides):
+        calls.append(overrides)
+        cfg = load_config(None, overrides)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        return {"top1": acc_by_seed[cfg.seed], "random_top1": 20.0 + cfg.seed, "steps": 1}
+
+    return fake, calls
+
+
+def test_resume_skip_and_summaries(tmp_path, monkeypatch, capsys):
+    fake, calls = _fake({0: 50.0, 1: 60.0})
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    out = str(tmp_path / "abl")
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--epochs", "2", "--no-plot"]) == 0
+    assert len(calls) == 12 and all("epochs=2" in c for c in calls)
+    res = json.load(open(os.path.join(out, "table7", "l_rc", "seed1", "result.json")))
+    assert res["top1"] == 60.0 and res["seed"] == 1 and res["row"] == "L_rc"
+    # Second invocation: everything is skipped.
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"]) == 0
+    assert len(calls) == 12
+    assert "result exists, skipped" in capsys.readouterr().out
+    summary = json.load(open(os.path.join(out, "table7.json")))
+    row = summary["rows"][0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(55.0) and row["std"] == pytest.approx(7.0710678)
+    assert summary["random_init"]["mean"] == pytest.approx(20.5)
+    assert summary["spearman_ucf101"] is None  # every row has the same accuracy
+    md = open(os.path.join(out, "table7.md")).read()
+    assert "| L_rc+L_mi+L_td | 55.0 ± 7.1 | 2 | 71.2 | 44.1 |" in md
+    assert "Random-init encoder baseline: 20.5 ± 0.7" in md
+    # A deleted result is re-run, and only that one.
+    os.remove(os.path.join(out, "table7", "l_nce", "seed0", "result.json"))
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"]) == 0
+    assert len(calls) == 13
+
+
+def test_ordering_sentence_and_markdown(tmp_path, monkeypatch):
+    paper = {r.label: r.ucf101 for r in ablate.TABLES["table6"]}
+
+    def fake(overrides):
+        cfg = load_config(None, overrides)
+        label = next(r.label for r in ablate.TABLES["table6"] if r.slug in cfg.out_dir.split(os.sep))
+        return {"top1": paper[label] - 10.0 + cfg.seed, "random_top1": 12.5}
+
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    summary = ablate.run_table("table6", [0, 1, 2], str(tmp_path), plot=False)
+    assert summary["spearman_ucf101"] == pytest.approx(1.0)
+    text = ablate.ordering_sentence(summary)
+    assert "matches the paper's ordering exactly" in text and "+1.00" in text
+    assert [r["n"] for r in summary["rows"]] == [3] * 5
+
+
+def test_dry_run_trains_nothing(tmp_path, monkeypatch, capsys):
+    fake, calls = _fake({0: 1.0})
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    assert ablate.main(["table4", "--seeds", "0", "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 runs (0 done)" in out and "augment.num_clips=4" in out
+    assert not calls and not os.listdir(tmp_path)
+
+
+def test_bad_override_fails_before_training(tmp_path, monkeypatch, capsys):
+    fake, calls = _fake({0: 1.0})
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    assert ablate.main(["table6", "--seeds", "0", "--out", str(tmp_path), "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err and not calls
+
+
+def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    fake, _ = _fake({0: 40.0})
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    ablate.run_table("table5", [0], str(tmp_path), plot=True)
+    assert os.path.getsize(tmp_path / "table5.png") > 0
+
+
+# A run of a few seconds (same sizes as tests/test_train.py's TINY), with a short probe.
+TINY = [
+    "width=0.0625",
+    "synthetic.num_classes=2",
+    "synthetic.train_per_class=4",
+    "synthetic.test_per_class=2",
+    "synthetic.num_frames=16",
+    "synthetic.size=32",
+    "augment.size=32",
+    "augment.num_clips=2",
+    "augment.levels_per_step=3",
+    "batch_size=4",
+    "proj_hidden=16",
+    "proj_dim=8",
+    "mi_hidden=8",
+    "td_hidden=8",
+    "num_workers=0",
+    "progress=false",
+    "plot=false",
+    "tensorboard=false",
+    "lr_milestones=[]",
+    "probe_epochs=5",
+    "probe_clips=1",
+]
+
+
+def test_tiny_real_run_end_to_end(tmp_path, monkeypatch):
+    # One real row of Table 7 (L_rc only), one seed, one epoch.
+    real = {"table7": [ablate.TABLES["table7"][1]]}
+    monkeypatch.setattr(ablate, "TABLES", {**ablate.TABLES, **real})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert ablate.main(["table7", "--seeds", "0", "--out", str(tmp_path), "--epochs", "1", *TINY]) == 0
+    res = json.load(open(tmp_path / "table7" / "l_rc" / "seed0" / "result.json"))
+    assert 0.0 <= res["top1"] <= 100.0 and 0.0 <= res["random_top1"] <= 100.0 and res["steps"] >= 1
+    assert "epochs=1" in res["overrides"]
+    assert (tmp_path / "table7.md").exists()
+
+
+def test_rows_filter(tmp_path, monkeypatch, capsys):
+    fake, calls = _fake({0: 33.0})
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    argv = ["table7", "--seeds", "0", "--out", str(tmp_path), "--no-plot", "--rows", "L_rc+L_mi+L_td,l_nce"]
+    assert ablate.main(argv) == 0
+    assert len(calls) == 2
+    summary = json.load(open(tmp_path / "table7.json"))
+    assert [r["n"] for r in summary["rows"]] == [1, 0, 0, 0, 0, 1]
+    assert "| L_rc | — | 0 | 61.4 | 32.5 |" in open(tmp_path / "table7.md").read()
+    assert ablate.main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"]) == 2
+    assert "unknown row(s) bogus" in capsys.readouterr().err
