@@ -5,6 +5,7 @@ import os
 import warnings
 
 import pytest
+from tiny import TINY as BASE_TINY
 
 from ctrlaug import ablate
 from ctrlaug.config import load_config
@@ -144,30 +145,8 @@ def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
     assert os.path.getsize(tmp_path / "table5.png") > 0
 
 
-# A run of a few seconds (same sizes as tests/test_train.py's TINY), with a short probe.
-TINY = [
-    "width=0.0625",
-    "synthetic.num_classes=2",
-    "synthetic.train_per_class=4",
-    "synthetic.test_per_class=2",
-    "synthetic.num_frames=16",
-    "synthetic.size=32",
-    "augment.size=32",
-    "augment.num_clips=2",
-    "augment.levels_per_step=3",
-    "batch_size=4",
-    "proj_hidden=16",
-    "proj_dim=8",
-    "mi_hidden=8",
-    "td_hidden=8",
-    "num_workers=0",
-    "progress=false",
-    "plot=false",
-    "tensorboard=false",
-    "lr_milestones=[]",
-    "probe_epochs=5",
-    "probe_clips=1",
-]
+# tests/tiny.py with a short probe (the runner always turns the probe on).
+TINY = [*BASE_TINY, "probe_epochs=5", "probe_clips=1"]
 
 
 def test_tiny_real_run_end_to_end(tmp_path, monkeypatch):
