@@ -230,9 +230,11 @@ def _collate(samples: list[dict]) -> dict:
     }
 
 
-def _loader(ds, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def _loader(ds, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=g)
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=g, num_workers=num_workers
+    )
 
 
 def _prep(views: torch.Tensor) -> torch.Tensor:
@@ -242,21 +244,22 @@ def _prep(views: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_clip_features(
-    encoder: nn.Module, dataset, batch_size: int = 4
+    encoder: nn.Module, dataset, batch_size: int = 4, num_workers: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features of every clip of an eval-mode dataset.
+    """Pooled features of every clip of an eval-mode dataset, on the encoder's device.
 
-    Returns (features float32 [N videos, V clips, C], labels int64 [N]); the encoder runs in eval
-    mode (BN running statistics) and is put back in its previous mode.
+    Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); the encoder
+    runs in eval mode (BN running statistics) and is put back in its previous mode.
     """
     was = encoder.training
     encoder.eval()
+    dev = next(encoder.parameters()).device
     feats, labels = [], []
     try:
-        for b in _loader(dataset, batch_size):
-            v = b["views"]  # uint8 [B, V, 3, F, S, S]
+        for b in _loader(dataset, batch_size, num_workers=num_workers):
+            v = b["views"].to(dev)  # uint8 [B, V, 3, F, S, S]
             B, V = v.shape[:2]
-            feats.append(pool(encoder(_prep(v.flatten(0, 1))).float()).view(B, V, -1))
+            feats.append(pool(encoder(_prep(v.flatten(0, 1))).float()).view(B, V, -1).cpu())
             labels.append(b["label"])
     finally:
         encoder.train(was)

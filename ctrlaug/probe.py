@@ -12,51 +12,23 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-from ctrlaug.models import normalize_input, pool
 
 __all__ = ["extract_features", "fit_linear", "linear_probe"]
 
 
-def _collate(samples: list[dict]) -> dict:
-    return {
-        "views": torch.stack([s["views"] for s in samples]),
-        "label": torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64),
-    }
-
-
-@torch.no_grad()
 def extract_features(
     encoder: nn.Module,
     dataset,
-    device: torch.device | str = "cpu",
     *,
     batch_size: int = 8,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip-averaged pooled features of every video of an eval-mode dataset.
+    """Clip-averaged pooled features of every video of an eval-mode dataset, computed on the
+    encoder's device: (features float32 [N, C], labels int64 [N])."""
+    from ctrlaug.evaluate import extract_clip_features
 
-    Returns (features float32 [N, C], labels int64 [N]). The encoder runs in eval mode (BN
-    running statistics) and is put back in its previous mode afterwards.
-    """
-    was_training = encoder.training
-    encoder.eval()
-    loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate
-    )
-    feats, labels = [], []
-    try:
-        for batch in loader:
-            v = batch["views"].to(device)  # uint8 [B, N, 3, F, S, S]
-            B, N = v.shape[:2]
-            x = normalize_input(v.flatten(0, 1).float().div_(255.0))
-            f = pool(encoder(x).float()).view(B, N, -1).mean(1)
-            feats.append(f.cpu())
-            labels.append(batch["label"])
-    finally:
-        encoder.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels = extract_clip_features(encoder, dataset, batch_size=batch_size, num_workers=num_workers)
+    return feats.mean(1), labels
 
 
 def fit_linear(
@@ -89,7 +61,6 @@ def linear_probe(
     encoder: nn.Module,
     train_set,
     test_set,
-    device: torch.device | str = "cpu",
     *,
     epochs: int = 200,
     batch_size: int = 8,
@@ -97,8 +68,8 @@ def linear_probe(
     seed: int = 0,
 ) -> dict[str, float]:
     """Top-1 (%) of a linear classifier on frozen features: ``{"top1", "train_top1"}``."""
-    tr_x, tr_y = extract_features(encoder, train_set, device, batch_size=batch_size, num_workers=num_workers)
-    te_x, te_y = extract_features(encoder, test_set, device, batch_size=batch_size, num_workers=num_workers)
+    tr_x, tr_y = extract_features(encoder, train_set, batch_size=batch_size, num_workers=num_workers)
+    te_x, te_y = extract_features(encoder, test_set, batch_size=batch_size, num_workers=num_workers)
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
     clf, mean, std = fit_linear(tr_x, tr_y, num_classes, epochs=epochs, seed=seed)
     with torch.no_grad():

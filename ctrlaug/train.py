@@ -574,10 +574,10 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
     train_set = build_train_dataset(pcfg, cfg.split, mode="eval")
     test_set = build_train_dataset(pcfg, cfg.probe_split, mode="eval")
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
-    trained = linear_probe(encoder, train_set, test_set, device, **kw)
+    trained = linear_probe(encoder, train_set, test_set, **kw)
     torch.manual_seed(cfg.seed + 1)
     rand = build_encoder(cfg.arch, cfg.width).to(device)
-    random_init = linear_probe(rand, train_set, test_set, device, **kw)
+    random_init = linear_probe(rand, train_set, test_set, **kw)
     return {"trained": trained, "random_init": random_init}
 
 
