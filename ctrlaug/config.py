@@ -183,6 +183,16 @@ class TrainConfig:
     probe_clips: int = opt(2, "uniformly spaced clips averaged per video for probe features", min=1)
     probe_epochs: int = opt(200, "full-batch Adam epochs of the linear classifier", min=1)
 
+    # ---- kNN monitor during pretraining ---------------------------------------------------------
+    knn_every: int = opt(
+        4,
+        "weighted kNN top-1 every N epochs and after the last (bank: `split`, queries: `probe_split`, "
+        "probe_clips clips per video); 0 = off",
+        min=0,
+    )
+    knn_k: int = opt(20, "kNN monitor: neighbours that vote", min=1)
+    knn_t: float = opt(0.07, "kNN monitor: vote weight exp(cos / knn_t)", min=1e-4)
+
 
 # ----------------------------------------------------------------------------------------------
 # Coercion and validation

@@ -257,6 +257,10 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
+        # kNN monitor sets are built now so that a missing probe split fails before any training.
+        self.knn_sets = probe_datasets(cfg) if cfg.knn_every and self.main else None
+        self.knn_history: list[tuple[int, int, float]] = []  # (epoch done, step, top-1 %)
+
         # ---- progress state ---------------------------------------------------------------------
         self.epoch = 0  # epoch being run (or next to run)
         self.step_in_epoch = 0  # steps of self.epoch already done
@@ -444,6 +448,26 @@ class Trainer:
         metrics["time_step"] = t1 - t0
         return metrics
 
+    # ---- kNN monitor ----------------------------------------------------------------------------
+    def knn_monitor(self) -> float:
+        """Weighted kNN top-1 (%) of the current encoder: ``probe_split`` videos (mean of their
+        ``probe_clips`` clip features) query the ``split`` videos; see
+        :func:`ctrlaug.evaluate.knn_top1`. Runs on the training device, touches no global RNG."""
+        from ctrlaug.evaluate import extract_clip_features, knn_top1
+
+        if self.knn_sets is None:
+            self.knn_sets = probe_datasets(self.cfg)
+        bank, queries = self.knn_sets
+        bs, nw = max(1, self.cfg.batch_size // self.world), self.cfg.num_workers
+        bf, bl = extract_clip_features(self.obj.encoder, bank, batch_size=bs, num_workers=nw)
+        qf, ql = extract_clip_features(self.obj.encoder, queries, batch_size=bs, num_workers=nw)
+        return knn_top1(bf.mean(1), bl, qf.mean(1), ql, k=self.cfg.knn_k, t=self.cfg.knn_t)
+
+    def _knn_due(self) -> bool:
+        """After epoch ``self.epoch`` (already incremented): every knn_every epochs and the last."""
+        k = self.cfg.knn_every
+        return bool(k) and (self.epoch % k == 0 or self.epoch == self.cfg.epochs)
+
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.cfg
@@ -452,7 +476,7 @@ class Trainer:
             os.makedirs(cfg.out_dir, exist_ok=True)
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
         fields = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if getattr(cfg, n)] + list(STAT_NAMES)
-        fields += ["lr", "clips_per_s", "skipped"]
+        fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
         writer = MetricWriter(
             cfg.out_dir,
             fields,
@@ -504,6 +528,14 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.sched.step()
+                if self._knn_due():
+                    if self.main:
+                        acc = self.knn_monitor()
+                        self.knn_history.append((self.epoch, self.step, acc))
+                        writer.log(self.step, self.epoch - 1, {"knn_top1": acc})
+                        bar.note(f"epoch {self.epoch}: kNN top-1 {acc:.1f}% (k={cfg.knn_k})")
+                    if self.world > 1:
+                        cdist.barrier()
                 self.save()
         finally:
             bar.close()
@@ -518,6 +550,7 @@ class Trainer:
             "out_dir": cfg.out_dir,
             "steps": self.step,
             "resumed_from": self.resumed_from,
+            "knn": self.knn_history,
         }
 
     def _banner(self, writer: MetricWriter) -> None:
@@ -565,14 +598,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = N
     return result
 
 
+def probe_datasets(cfg: TrainConfig):
+    """(train, test) eval-mode datasets of the probe and the kNN monitor: ``split`` and
+    ``probe_split``, ``probe_clips`` uniformly spaced centre-cropped clips per video."""
+    aug = dataclasses.replace(cfg.augment, eval_clips=cfg.probe_clips)
+    pcfg = dataclasses.replace(cfg, augment=aug)
+    return tuple(build_train_dataset(pcfg, split, mode="eval") for split in (cfg.split, cfg.probe_split))
+
+
 def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) -> dict:
     """Linear probe of ``encoder`` and of a random-init encoder of the same architecture."""
     from ctrlaug.probe import linear_probe
 
-    aug = dataclasses.replace(cfg.augment, eval_clips=cfg.probe_clips)
-    pcfg = dataclasses.replace(cfg, augment=aug)
-    train_set = build_train_dataset(pcfg, cfg.split, mode="eval")
-    test_set = build_train_dataset(pcfg, cfg.probe_split, mode="eval")
+    train_set, test_set = probe_datasets(cfg)
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
     trained = linear_probe(encoder, train_set, test_set, **kw)
     torch.manual_seed(cfg.seed + 1)

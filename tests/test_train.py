@@ -366,3 +366,36 @@ def test_missing_dataset_root_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "dataset root not found" in err and str(tmp_path / "nope") in err
+
+
+def test_knn_monitor_logs_top1_and_leaves_training_untouched(tmp_path):
+    from ctrlaug.evaluate import extract_clip_features, knn_top1
+    from ctrlaug.train import probe_datasets
+
+    plain = train(tiny(tmp_path, "epochs=3", name="plain"))
+    cfg = tiny(tmp_path, "epochs=3", "knn_every=2", "knn_k=3", name="knn")
+    res = train(cfg)
+    # after epoch 2 (every 2) and after the last epoch, with the step it was measured at
+    assert [(e, s) for e, s, _ in res["knn"]] == [(2, 4), (3, 6)]
+    # the monitor consumes no RNG and does not touch the training state: identical losses
+    assert [h["loss"] for h in res["history"]] == [h["loss"] for h in plain["history"]]
+    # the last value is the kNN top-1 of the final encoder, computed independently
+    bank, queries = probe_datasets(cfg)
+    enc = res["trainer"].obj.encoder
+    bf, bl = extract_clip_features(enc, bank)
+    qf, ql = extract_clip_features(enc, queries)
+    assert res["knn"][-1][2] == pytest.approx(knn_top1(bf.mean(1), bl, qf.mean(1), ql, k=3))
+    with open(tmp_path / "knn" / "metrics.csv") as f:
+        rows = [r.strip().split(",") for r in f.readlines()]
+    col = rows[0].index("knn_top1")
+    logged = [(int(r[0]), float(r[col])) for r in rows[1:] if r[col]]
+    assert logged == [(s, pytest.approx(a, abs=1e-3)) for _, s, a in res["knn"]]
+
+
+def test_knn_monitor_with_a_bad_probe_split_fails_before_training(tmp_path):
+    cfg = tiny(tmp_path, "epochs=1", "knn_every=1", "probe_split=nope")
+    steps = []
+    with pytest.raises(ValueError, match="nope"):
+        train(cfg, on_step=lambda step, epoch, m: steps.append(step))
+    assert steps == []
+    assert not os.path.isdir(cfg.out_dir) or not list_checkpoints(cfg.out_dir)

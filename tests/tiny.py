@@ -18,6 +18,7 @@ TINY = [
     "td_hidden=8",
     "num_workers=0",
     "probe=false",
+    "knn_every=0",
     "progress=false",
     "plot=false",
     "tensorboard=false",

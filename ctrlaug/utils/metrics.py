@@ -107,6 +107,14 @@ class ProgressBar:
             self.stream.flush()
         self.last = line
 
+    def note(self, msg: str) -> None:
+        """A line of its own (e.g. an epoch-end monitor result); a TTY bar continues below it."""
+        if not self.enabled:
+            return
+        self.stream.write(("\n" if self.tty and self.last else "") + msg + "\n")
+        self.stream.flush()
+        self.last = ""
+
     def close(self) -> None:
         if self.enabled and self.tty and self.last:
             self.stream.write("\n")
@@ -114,7 +122,8 @@ class ProgressBar:
 
 
 def plot_losses(csv_path: str, png_path: str) -> str | None:
-    """Loss curves (every ``loss*`` column) from metrics.csv to a PNG. Returns a note when skipped."""
+    """Loss curves (every ``loss*`` column, and ``knn_top1`` when logged) from metrics.csv to a
+    PNG. Returns a note when skipped."""
     try:
         import matplotlib
 
@@ -126,11 +135,12 @@ def plot_losses(csv_path: str, png_path: str) -> str | None:
     if not rows:
         return "loss-curve PNG skipped: no metric rows"
     keys = [k for k in rows[0] if k.startswith("loss")]
+    keys += [k for k in ("knn_top1",) if any(r.get(k) not in (None, "") for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-    steps = [float(r["step"]) for r in rows]
     for ax, k in zip(axes[0], keys):
-        ys = [float(r[k]) if r.get(k) not in (None, "") else float("nan") for r in rows]
-        ax.plot(steps, ys, lw=1.2)
+        pts = [(float(r["step"]), float(r[k])) for r in rows if r.get(k) not in (None, "")]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, lw=1.2, marker="o" if k == "knn_top1" else None, ms=3)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
