@@ -181,12 +181,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    """Mean and sample standard deviation (ddof=1; None for a single value: no spread measured)."""
     if not xs:
         return None, None
     m = sum(xs) / len(xs)
     if len(xs) == 1:
-        return m, 0.0
+        return m, None
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
@@ -200,11 +200,13 @@ def run_dir(out: str, table: str, row: Row, seed: int) -> str:
 
 
 def run_overrides(row: Row, seed: int, out_dir: str, extra: Sequence[str] = ()) -> list[str]:
-    """Overrides of one run: the user's ``extra`` (budget, size), then the row's, then seed/out_dir.
+    """Overrides of one run: kNN monitor off (the table reports the final linear probe only; a
+    user's ``knn_every=N`` turns it back on), the user's ``extra`` (budget, size), then the row's,
+    then seed/out_dir.
 
     The row's overrides come after the user's so that a row always means what the paper's row means.
     """
-    return [*extra, *row.overrides, f"seed={seed}", f"out_dir={out_dir}", "probe=true"]
+    return ["knn_every=0", *extra, *row.overrides, f"seed={seed}", f"out_dir={out_dir}", "probe=true"]
 
 
 def select_rows(table: str, rows: Sequence[str] | None = None) -> list[Row]:
@@ -340,7 +342,9 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
 
 
 def _fmt(m: float | None, s: float | None) -> str:
-    return "—" if m is None else f"{m:.1f} ± {s:.1f}"
+    if m is None:
+        return "—"
+    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
 
 
 def ordering_sentence(summary: dict) -> str:

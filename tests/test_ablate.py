@@ -143,6 +143,11 @@ def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
     monkeypatch.setattr(ablate, "TRAIN_FN", fake)
     ablate.run_table("table5", [0], str(tmp_path), plot=True)
     assert os.path.getsize(tmp_path / "table5.png") > 0
+    # one seed: no spread is claimed
+    md = open(tmp_path / "table5.md").read()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and "| 1 |" in ln]
+    assert rows and all("| 40.0 | 1 |" in ln and "±" not in ln for ln in rows), rows
+    assert "Random-init encoder baseline: 20.0 (n=1 seeds)" in md
 
 
 # tests/tiny.py with a short probe (the runner always turns the probe on).
