@@ -196,6 +196,23 @@ def load_encoder(
     return enc, cfg, path
 
 
+def resolve_device(want: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; EvalError for an unknown or unavailable device."""
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(want)
+    except (RuntimeError, ValueError):
+        raise EvalError(f"bad --device {want!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise EvalError(f"bad --device {want!r}: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {want}: torch sees no CUDA device (torch {torch.__version__})")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise EvalError(f"--device {want}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
 def build_eval_datasets(
     cfg,
     train_split: str | None = None,
@@ -321,30 +338,32 @@ def finetune(
     weight_decay: float = 1e-5,
     seed: int = 0,
     flip: bool = True,
+    num_workers: int = 0,
     log=None,
 ) -> dict:
     """Finetune encoder + linear layer end to end; returns losses per epoch and the 10-clip test.
 
     Each epoch every train video contributes one random clip of its eval clips (random
     horizontal flip unless ``flip=False``); Adam. ``train_set``/``test_set``: eval-mode datasets (or
-    lists of their samples). Test as in :func:`evaluate_clips`.
+    lists of their samples). Runs on the encoder's device. Test as in :func:`evaluate_clips`.
     """
     g = torch.Generator().manual_seed(seed)
-    head = nn.Linear(encoder.out_channels, num_classes)
+    dev = next(encoder.parameters()).device
+    head = nn.Linear(encoder.out_channels, num_classes).to(dev)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     losses = []
     for ep in range(epochs):
         encoder.train()
         tot, n = 0.0, 0
-        for b in _loader(train_set, batch_size, shuffle=True, seed=seed + ep):
+        for b in _loader(train_set, batch_size, shuffle=True, seed=seed + ep, num_workers=num_workers):
             v = b["views"]  # [B, V, 3, F, S, S]
             pick = torch.randint(v.shape[1], (v.shape[0],), generator=g)
             x = v[torch.arange(v.shape[0]), pick]
             if flip:
                 f = torch.rand(v.shape[0], generator=g) < 0.5
                 x[f] = x[f].flip(-1)
-            loss = F.cross_entropy(head(pool(encoder(_prep(x)))), b["label"])
+            loss = F.cross_entropy(head(pool(encoder(_prep(x.to(dev))))), b["label"].to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -355,10 +374,10 @@ def finetune(
     encoder.eval()
     logits, labels = [], []
     with torch.no_grad():
-        for b in _loader(test_set, batch_size):
-            v = b["views"]
+        for b in _loader(test_set, batch_size, num_workers=num_workers):
+            v = b["views"].to(dev)
             B, V = v.shape[:2]
-            logits.append(head(pool(encoder(_prep(v.flatten(0, 1))))).view(B, V, -1))
+            logits.append(head(pool(encoder(_prep(v.flatten(0, 1))))).view(B, V, -1).float().cpu())
             labels.append(b["label"])
     res = evaluate_clips(torch.cat(logits), torch.cat(labels))
     res["train_loss"] = losses
@@ -388,7 +407,7 @@ def _features(enc, ds, split: str, args, ckpt: str | None, cache_dir: str | None
                 return c["feats"], c["labels"]
         except Exception:
             pass
-    f, y = extract_clip_features(enc, ds, args.batch_size)
+    f, y = extract_clip_features(enc, ds, args.batch_size, num_workers=args.workers)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         torch.save({"key": key, "feats": f, "labels": y}, path)
@@ -401,7 +420,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
         torch.set_num_threads(args.threads)
     if not args.checkpoint and not args.random_init:
         raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
+    device = resolve_device(args.device)
     enc, cfg, ckpt = load_encoder(args.checkpoint, args.config, args.random_init)
+    enc.to(device)
     train_set, test_set = build_eval_datasets(
         cfg, args.train_split, args.test_split, args.dataset, args.data_root, args.clips
     )
@@ -415,6 +436,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "checkpoint": ckpt,
         "random_init": bool(args.random_init),
         "dataset": args.dataset or cfg.dataset,
+        "device": str(device),
         "num_train": len(train_set),
         "num_test": len(test_set),
         "clips": args.clips,
@@ -432,6 +454,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 lr=args.lr or 1e-3,
                 batch_size=args.batch_size,
                 seed=cfg.seed,
+                num_workers=args.workers,
                 log=log,
             )
         )
@@ -493,6 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", help="cache clip features in the out folder")
     p.add_argument("--out", help="output folder (default: the checkpoint's run folder)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N' (default auto)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes for decoding (default 0)"
+    )
     return p
 
 

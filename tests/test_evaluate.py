@@ -183,7 +183,9 @@ def test_cli_writes_json_for_each_frozen_protocol(tiny_run, tmp_path):
             res = json.load(f)
         assert keys <= set(res), (proto, res)
         assert res["num_train"] == 8 and res["num_test"] == 4 and res["clips"] == 10
-        assert res["checkpoint"].endswith(".pt")
+        assert res["checkpoint"].endswith(".pt") and res["device"] == (
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )
         assert os.path.isfile(os.path.join(out, f"eval_{proto}.md"))
     assert os.path.isfile(os.path.join(out, "features_train.pt"))  # cached once, reused
     assert main(["finetune", "--checkpoint", tiny_run, "--out", out, "--epochs", "1", "--clips", "2"]) == 0
@@ -232,3 +234,31 @@ def test_empty_run_folder_and_mismatched_config(tiny_run, tmp_path, capsys):
     assert main(["knn", "--checkpoint", tiny_run, "--config", str(bad), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not match the model config" in err[0] and "width=0.125" in err[0], err
+
+
+def test_bad_or_unavailable_device_is_one_clear_error(tiny_run, tmp_path, capsys):
+    assert main(["knn", "--checkpoint", tiny_run, "--device", "tpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad --device 'tpu'" in err[0], err
+    n = torch.cuda.device_count()
+    assert main(["knn", "--checkpoint", tiny_run, "--device", f"cuda:{n}", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cuda:{n}" in err[0], err
+    assert not os.path.exists(tmp_path / "eval_knn.json")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_evaluation_matches_cpu(tiny_run, tmp_path, monkeypatch):
+    # The same frozen features on GPU and CPU (TF32 convolutions off): identical retrieval recall.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    res = {}
+    for dev in ("cpu", "cuda"):
+        out = str(tmp_path / dev)
+        assert (
+            main(["retrieval", "--checkpoint", tiny_run, "--out", out, "--device", dev, "--clips", "2"]) == 0
+        )
+        with open(os.path.join(out, "eval_retrieval.json")) as f:
+            res[dev] = json.load(f)
+    assert res["cuda"]["device"].startswith("cuda")
+    for k in ("R@1", "R@5", "R@10"):
+        assert res["cuda"][k] == res["cpu"][k], (k, res)
