@@ -222,22 +222,62 @@ def build_eval_datasets(
     eval_clips: int = 10,
 ):
     """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, centre crop."""
-    from ctrlaug.train import build_train_dataset
+    c = _eval_config(cfg, dataset, data_root, eval_clips)
+    tr = _build(c, train_split or cfg.split, "eval")
+    te = _build(c, test_split or cfg.probe_split, "eval")
+    if len(tr) == 0 or len(te) == 0:
+        raise EvalError(f"dataset {c.dataset!r} has an empty split ({len(tr)} train, {len(te)} test)")
+    return tr, te
 
-    aug = dataclasses.replace(cfg.augment, eval_clips=eval_clips)
-    c = dataclasses.replace(cfg, augment=aug)
+
+def build_finetune_train_set(cfg, train_split: str | None = None, dataset=None, data_root=None):
+    """The finetuning training set with spatio-temporal jitter: each sample's ``views`` are the K
+    local clips of the pretraining sampler (random temporal position, random resized crop,
+    random flip; no colour or blur), see :class:`LocalClips`."""
+    return LocalClips(_build(_eval_config(cfg, dataset, data_root), train_split or cfg.split, "pretrain"))
+
+
+class LocalClips(torch.utils.data.Dataset):
+    """Pretrain-mode samples reduced to their K local clips (view 0, the global view, dropped):
+    ``{"views": uint8 [K, 3, F, S, S], "label"}``."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.ds, "set_epoch"):
+            self.ds.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.ds[index]
+        return {"views": s["views"][1:], "label": s["label"]}
+
+
+def _eval_config(
+    cfg, dataset: str | None = None, data_root: str | None = None, eval_clips: int | None = None
+):
+    c = (
+        cfg
+        if eval_clips is None
+        else dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, eval_clips=eval_clips))
+    )
     if dataset:
         c = dataclasses.replace(c, dataset=dataset)
     if data_root:
         c = dataclasses.replace(c, data_root=data_root)
+    return c
+
+
+def _build(c, split: str, mode: str):
+    from ctrlaug.train import build_train_dataset
+
     try:
-        tr = build_train_dataset(c, train_split or cfg.split, mode="eval")
-        te = build_train_dataset(c, test_split or cfg.probe_split, mode="eval")
+        return build_train_dataset(c, split, mode=mode)
     except (ValueError, OSError) as e:
         raise EvalError(f"cannot build dataset {c.dataset!r} ({c.data_root or 'no root'}): {e}") from None
-    if len(tr) == 0 or len(te) == 0:
-        raise EvalError(f"dataset {c.dataset!r} has an empty split ({len(tr)} train, {len(te)} test)")
-    return tr, te
 
 
 def _collate(samples: list[dict]) -> dict:
@@ -343,9 +383,12 @@ def finetune(
 ) -> dict:
     """Finetune encoder + linear layer end to end; returns losses per epoch and the 10-clip test.
 
-    Each epoch every train video contributes one random clip of its eval clips (random
-    horizontal flip unless ``flip=False``); Adam. ``train_set``/``test_set``: eval-mode datasets (or
-    lists of their samples). Runs on the encoder's device. Test as in :func:`evaluate_clips`.
+    Each epoch every train video contributes one random clip of its sample's ``views`` (random
+    horizontal flip unless ``flip=False``); Adam. ``train_set``: an eval-mode dataset (the
+    ``centre`` augmentation: its uniformly spaced centre crops), :func:`build_finetune_train_set`
+    (the ``crop`` augmentation: jittered local clips, which bring their own flip), or a list of
+    samples; ``set_epoch(epoch)`` is called on it when it has one. ``test_set``: eval-mode.
+    Runs on the encoder's device. Test as in :func:`evaluate_clips`.
     """
     g = torch.Generator().manual_seed(seed)
     dev = next(encoder.parameters()).device
@@ -355,6 +398,8 @@ def finetune(
     losses = []
     for ep in range(epochs):
         encoder.train()
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(ep)
         tot, n = 0.0, 0
         for b in _loader(train_set, batch_size, shuffle=True, seed=seed + ep, num_workers=num_workers):
             v = b["views"]  # [B, V, 3, F, S, S]
@@ -444,10 +489,17 @@ def run(args: argparse.Namespace, log=print) -> dict:
     }
     cache = out if args.cache else None
     if args.protocol == "finetune":
+        crop = args.finetune_aug == "crop"
+        ft_train = (
+            build_finetune_train_set(cfg, args.train_split, args.dataset, args.data_root)
+            if crop
+            else train_set
+        )
+        res["finetune_aug"] = args.finetune_aug
         res.update(
             finetune(
                 enc,
-                train_set,
+                ft_train,
                 test_set,
                 num_classes,
                 epochs=args.epochs or 5,
@@ -455,6 +507,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 batch_size=args.batch_size,
                 seed=cfg.seed,
                 num_workers=args.workers,
+                flip=not crop,
                 log=log,
             )
         )
@@ -511,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr", type=float, default=0.0, help="learning rate (default: linear 1e-2, finetune 1e-3)"
     )
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch")
+    p.add_argument(
+        "--finetune-aug",
+        choices=("crop", "centre"),
+        default="crop",
+        help="finetune training clips: 'crop' = the pretraining sampler's local clips (random temporal "
+        "position, random resized crop, flip; default), 'centre' = one of the --clips centre crops + flip",
+    )
     p.add_argument("--k", type=int, default=20, help="knn neighbours")
     p.add_argument("--t", type=float, default=0.07, help="knn vote temperature")
     p.add_argument("--cache", action="store_true", help="cache clip features in the out folder")

@@ -192,6 +192,7 @@ def test_cli_writes_json_for_each_frozen_protocol(tiny_run, tmp_path):
     with open(os.path.join(out, "eval_finetune.json")) as f:
         res = json.load(f)
     assert {"clip_top1", "video_top1", "train_loss"} <= set(res) and len(res["train_loss"]) == 1
+    assert res["finetune_aug"] == "crop"
     assert main(["knn", "--checkpoint", tiny_run, "--random-init", "--out", out]) == 0
     with open(os.path.join(out, "eval_knn_random.json")) as f:
         assert json.load(f)["random_init"] is True
@@ -208,6 +209,39 @@ def test_finetune_reduces_training_loss(tiny_run):
     assert losses[-1] < losses[0], losses
     assert losses[-1] < 0.9 * losses[0], losses
     assert {"clip_top1", "video_top1"} <= set(res)
+
+
+def test_finetune_crop_augmentation_jitters_local_clips(tiny_run):
+    from ctrlaug.evaluate import build_finetune_train_set
+
+    _, cfg, _ = load_encoder(tiny_run)
+    ft = build_finetune_train_set(cfg)
+    eval_tr, _ = build_eval_datasets(cfg, eval_clips=1)
+    assert len(ft) == len(eval_tr) == 8
+    ft.set_epoch(0)
+    a, again = ft[3], ft[3]
+    ft.set_epoch(1)
+    b = ft[3]
+    K, S = cfg.augment.num_clips, cfg.augment.size
+    assert a["views"].shape == (K, 3, cfg.augment.clip_frames, S, S) and a["views"].dtype == torch.uint8
+    assert a["label"] == b["label"] == eval_tr[3]["label"]
+    # seeded by (seed, epoch, video): reproducible within an epoch, fresh crops / positions the next
+    assert torch.equal(a["views"], again["views"])
+    assert not torch.equal(a["views"], b["views"])
+
+
+def test_finetune_sets_the_epoch_of_its_training_set(tiny_run):
+    class Spy(list):
+        epochs: list[int] = []
+
+        def set_epoch(self, e):
+            self.epochs.append(e)
+
+    enc, cfg, _ = load_encoder(tiny_run)
+    tr, te = build_eval_datasets(cfg, eval_clips=1)
+    spy = Spy(tr[i] for i in range(len(tr)))
+    finetune(enc, spy, [te[0]], 2, epochs=3, batch_size=8)
+    assert spy.epochs == [0, 1, 2]
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
