@@ -230,11 +230,22 @@ def build_eval_datasets(
     return tr, te
 
 
-def build_finetune_train_set(cfg, train_split: str | None = None, dataset=None, data_root=None):
+def build_finetune_train_set(
+    cfg, train_split: str | None = None, dataset=None, data_root=None, flip: bool = True
+):
     """The finetuning training set with spatio-temporal jitter: each sample's ``views`` are the K
     local clips of the pretraining sampler (random temporal position, random resized crop,
-    random flip; no colour or blur), see :class:`LocalClips`."""
-    return LocalClips(_build(_eval_config(cfg, dataset, data_root), train_split or cfg.split, "pretrain"))
+    random flip unless ``flip=False``; no colour or blur), see :class:`LocalClips`."""
+    c = _eval_config(cfg, dataset, data_root)
+    if not flip:
+        c = dataclasses.replace(c, augment=dataclasses.replace(c.augment, local_flip_prob=0.0))
+    return LocalClips(_build(c, train_split or cfg.split, "pretrain"))
+
+
+def flip_preserves_labels(dataset: str) -> bool:
+    """False for datasets whose classes change under a horizontal mirror: the synthetic motion set
+    (right/left, clockwise/anticlockwise are mirror images)."""
+    return dataset != "synthetic"
 
 
 class LocalClips(torch.utils.data.Dataset):
@@ -490,8 +501,11 @@ def run(args: argparse.Namespace, log=print) -> dict:
     cache = out if args.cache else None
     if args.protocol == "finetune":
         crop = args.finetune_aug == "crop"
+        ds_name = args.dataset or cfg.dataset
+        flip = flip_preserves_labels(ds_name) if args.flip == "auto" else args.flip == "yes"
+        res["flip"] = flip
         ft_train = (
-            build_finetune_train_set(cfg, args.train_split, args.dataset, args.data_root)
+            build_finetune_train_set(cfg, args.train_split, args.dataset, args.data_root, flip=flip)
             if crop
             else train_set
         )
@@ -507,7 +521,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                 batch_size=args.batch_size,
                 seed=cfg.seed,
                 num_workers=args.workers,
-                flip=not crop,
+                flip=flip and not crop,
                 log=log,
             )
         )
@@ -570,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="crop",
         help="finetune training clips: 'crop' = the pretraining sampler's local clips (random temporal "
         "position, random resized crop, flip; default), 'centre' = one of the --clips centre crops + flip",
+    )
+    p.add_argument(
+        "--flip",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="random horizontal flip while finetuning; auto = no for the synthetic set (its classes "
+        "are mirror-dependent directions), yes otherwise",
     )
     p.add_argument("--k", type=int, default=20, help="knn neighbours")
     p.add_argument("--t", type=float, default=0.07, help="knn vote temperature")

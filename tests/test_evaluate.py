@@ -193,6 +193,7 @@ def test_cli_writes_json_for_each_frozen_protocol(tiny_run, tmp_path):
         res = json.load(f)
     assert {"clip_top1", "video_top1", "train_loss"} <= set(res) and len(res["train_loss"]) == 1
     assert res["finetune_aug"] == "crop"
+    assert res["flip"] is False  # auto: mirroring changes the synthetic set's direction classes
     assert main(["knn", "--checkpoint", tiny_run, "--random-init", "--out", out]) == 0
     with open(os.path.join(out, "eval_knn_random.json")) as f:
         assert json.load(f)["random_init"] is True
@@ -228,6 +229,14 @@ def test_finetune_crop_augmentation_jitters_local_clips(tiny_run):
     # seeded by (seed, epoch, video): reproducible within an epoch, fresh crops / positions the next
     assert torch.equal(a["views"], again["views"])
     assert not torch.equal(a["views"], b["views"])
+    # flip=False: no local clip is mirrored, whatever the epoch (flip=True: about half are)
+    noflip = build_finetune_train_set(cfg, flip=False)
+    flips = {True: [], False: []}
+    for ep in range(4):
+        for d, key in ((ft, True), (noflip, False)):
+            d.set_epoch(ep)
+            flips[key] += [float(d.ds[i]["boxes"][1:, 6].sum()) for i in range(len(d))]
+    assert sum(flips[False]) == 0 and sum(flips[True]) > 0
 
 
 def test_finetune_sets_the_epoch_of_its_training_set(tiny_run):
