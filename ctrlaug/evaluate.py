@@ -347,7 +347,8 @@ def fit_linear_clips(
 ):
     """Linear classifier on clip features float [N, V, C] (every clip a sample, its video's label).
 
-    Standardised features, Adam, mini-batches. Returns a callable ``[..., C] -> logits``.
+    Standardised features, Adam, shuffled mini-batches (``batch_size=0``: full batch, in order).
+    Returns a callable ``[..., C] -> logits``.
     """
     x = train_x.reshape(-1, train_x.shape[-1])
     y = train_y[:, None].expand(train_x.shape[:2]).reshape(-1)
@@ -360,7 +361,8 @@ def fit_linear_clips(
         clf.bias.zero_()
     opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in range(epochs):
-        for i in torch.randperm(len(x), generator=g).split(batch_size):
+        batches = torch.randperm(len(x), generator=g).split(batch_size) if batch_size else [slice(None)]
+        for i in batches:
             opt.zero_grad()
             F.cross_entropy(clf(x[i]), y[i]).backward()
             opt.step()

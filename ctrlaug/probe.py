@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["extract_features", "fit_linear", "linear_probe"]
+__all__ = ["extract_features", "linear_probe"]
 
 
 def extract_features(
@@ -31,32 +30,6 @@ def extract_features(
     return feats.mean(1), labels
 
 
-def fit_linear(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    num_classes: int,
-    *,
-    epochs: int = 200,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
-    """Full-batch Adam on standardised features; returns (classifier, mean, std)."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    x = (train_x - mean) / std
-    gen = torch.Generator().manual_seed(seed)
-    clf = nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        clf.weight.normal_(0, 0.01, generator=gen)
-        clf.bias.zero_()
-    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        opt.zero_grad()
-        F.cross_entropy(clf(x), train_y).backward()
-        opt.step()
-    return clf, mean, std
-
-
 def linear_probe(
     encoder: nn.Module,
     train_set,
@@ -71,8 +44,10 @@ def linear_probe(
     tr_x, tr_y = extract_features(encoder, train_set, batch_size=batch_size, num_workers=num_workers)
     te_x, te_y = extract_features(encoder, test_set, batch_size=batch_size, num_workers=num_workers)
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
-    clf, mean, std = fit_linear(tr_x, tr_y, num_classes, epochs=epochs, seed=seed)
+    from ctrlaug.evaluate import fit_linear_clips
+
+    clf = fit_linear_clips(tr_x[:, None], tr_y, num_classes, epochs=epochs, batch_size=0, seed=seed)
     with torch.no_grad():
-        top1 = (clf((te_x - mean) / std).argmax(1) == te_y).float().mean().item() * 100
-        train_top1 = (clf((tr_x - mean) / std).argmax(1) == tr_y).float().mean().item() * 100
+        top1 = (clf(te_x).argmax(1) == te_y).float().mean().item() * 100
+        train_top1 = (clf(tr_x).argmax(1) == tr_y).float().mean().item() * 100
     return {"top1": top1, "train_top1": train_top1, "num_train": len(tr_y), "num_test": len(te_y)}
