@@ -242,12 +242,6 @@ def build_finetune_train_set(
     return LocalClips(_build(c, train_split or cfg.split, "pretrain"))
 
 
-def flip_preserves_labels(dataset: str) -> bool:
-    """False for datasets whose classes change under a horizontal mirror: the synthetic motion set
-    (right/left, clockwise/anticlockwise are mirror images)."""
-    return dataset != "synthetic"
-
-
 class LocalClips(torch.utils.data.Dataset):
     """Pretrain-mode samples reduced to their K local clips (view 0, the global view, dropped):
     ``{"views": uint8 [K, 3, F, S, S], "label"}``."""
@@ -503,8 +497,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     cache = out if args.cache else None
     if args.protocol == "finetune":
         crop = args.finetune_aug == "crop"
-        ds_name = args.dataset or cfg.dataset
-        flip = flip_preserves_labels(ds_name) if args.flip == "auto" else args.flip == "yes"
+        auto = not getattr(train_set, "mirror_changes_labels", False)
+        flip = auto if args.flip == "auto" else args.flip == "yes"
         res["flip"] = flip
         ft_train = (
             build_finetune_train_set(cfg, args.train_split, args.dataset, args.data_root, flip=flip)
@@ -591,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--flip",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="random horizontal flip while finetuning; auto = no for the synthetic set (its classes "
-        "are mirror-dependent directions), yes otherwise",
+        help="random horizontal flip while finetuning; auto = no when the dataset says a mirror can "
+        "change the class (the synthetic set: right/left), yes otherwise",
     )
     p.add_argument("--k", type=int, default=20, help="knn neighbours")
     p.add_argument("--t", type=float, default=0.07, help="knn vote temperature")

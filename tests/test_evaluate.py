@@ -194,6 +194,9 @@ def test_cli_writes_json_for_each_frozen_protocol(tiny_run, tmp_path):
     assert {"clip_top1", "video_top1", "train_loss"} <= set(res) and len(res["train_loss"]) == 1
     assert res["finetune_aug"] == "crop"
     assert res["flip"] is False  # auto: mirroring changes the synthetic set's direction classes
+    from ctrlaug.data.dataset import SyntheticMotion, VideoDataset
+
+    assert SyntheticMotion.mirror_changes_labels and not VideoDataset.mirror_changes_labels
     assert main(["knn", "--checkpoint", tiny_run, "--random-init", "--out", out]) == 0
     with open(os.path.join(out, "eval_knn_random.json")) as f:
         assert json.load(f)["random_init"] is True

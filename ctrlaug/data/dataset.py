@@ -72,7 +72,12 @@ class VideoDataset(Dataset):
     * ``boxes``: float32 [V, 7] ``(t0, t1, y0, y1, x0, x1, flip)``; ``frame_indices``: int64 [V, F];
     * ``num_frames``: int (T); ``video_index``: int (the video actually used); ``label``: int (-1 if
       unknown); ``skipped``: list of ``(path, reason)`` of bad videos replaced on the way.
+
+    ``mirror_changes_labels``: whether a horizontal flip can change a video's class (then
+    supervised training must not flip); False here, True for the synthetic motion set.
     """
+
+    mirror_changes_labels: bool = False
 
     def __init__(
         self,
@@ -204,6 +209,9 @@ class SyntheticMotion(VideoDataset):
     views, parameters and robustness are those of :class:`VideoDataset`. :meth:`render` returns a raw
     video and :meth:`write` saves the whole set as mp4 for the real decoding path.
     """
+
+    # right/left and clockwise/anticlockwise are mirror images of each other
+    mirror_changes_labels = True
 
     def __init__(
         self,
