@@ -1,0 +1,549 @@
+"""Mechanism diagnostics: each claim of the paper measured directly on the shapes benchmark.
+
+``python -m ctrlaug.diagnose RUN_OR_CKPT [--random-init] [--out DIR] [--videos N] [--device D]``
+loads the encoder of a pretraining checkpoint (or a run folder's newest one; ``--random-init``
+keeps the freshly initialised encoder of the same config), renders held-out videos of the
+factorised shapes benchmark (:mod:`ctrlaug.data.shapes`, the config's ``shapes`` settings and
+``probe_split``) and writes ``<out>/diagnose.json`` and ``diagnose.md`` (``diagnose_random.*``
+for ``--random-init``; default out: the run folder). A config whose dataset is not ``shapes`` is
+diagnosed on the shapes benchmark at its own clip geometry, and the output says so. A bad path
+prints one ``error:`` line and exits with code 2. docs/diagnostics.md explains how to read it.
+
+Every held-out video gives one clip: ``clip_frames`` frames from the middle of the video (frame
+step ``clip_step``), the centre square crop of the evaluation views (``eval_crop``) resized to
+``augment.size``, exactly as the evaluation datasets cut it; the object masks are cut the same
+way. Features are the encoder's pooled last feature map (eval mode, BN running statistics).
+The held-out videos are split in two halves by video (a seeded permutation), never by view:
+the probes of 1 and 2 train on one half and are tested on the other.
+
+1. **Level decodability** (L_mi removes low-level shortcuts, paper §3.2). Each clip is rendered
+   at ``levels`` intensity levels of tau_l drawn uniformly from all levels of the config's
+   ``augment`` (same content, only the level differs; parameters drawn inside each level as in
+   training, :func:`~ctrlaug.augment.sample_level_params`). One linear probe per level component:
+   the brightness, contrast and saturation bins, the hue bin and the blur combination, the exact
+   labels the L_mi discriminator is trained on (bins of the *strength* ``|factor - 1|`` unless
+   ``augment.signed_levels``). The joint level (512 classes) is not probed: far too many classes
+   for a few hundred views. Lower is what L_mi aims for; chance is the majority-bin rate.
+2. **Arrow of time** (L_td captures temporal order, §3.3). Every clip and its time reversal (the
+   same frames in the opposite order). The shapes benchmark's motion is time-symmetric in
+   distribution (a reversed ``right`` video is a ``left`` video), so "forward vs reversed" is
+   undecidable there; the binary label is therefore the direction of the *displayed* motion along
+   its axis (right or down = 1, left or up = 0), which flips under reversal. Both classes hold
+   exactly the same frames, so an encoder blind to frame order scores exactly 50%.
+3. **Foreground focus** (region contrast attends to the moving object, Fig. 3). CAAM = channel
+   mean of the last feature map [T', H', W'] of the unaugmented clip (non-negative: the network
+   ends in a ReLU). The clip's object masks are downsampled *to the feature grid by area* (the
+   fraction of each cell covered by the object), and focus = (share of CAAM energy inside the
+   object) / (object's area share); 1 = no preference, > 1 = attends to the object. This is
+   exact for what the map resolves (upsampling the map adds no information); note the grid is
+   coarse at CPU sizes (2 x 2 cells for a 48 px clip), which the JSON records.
+4. **Factors**: one linear probe per factor (:func:`ctrlaug.probe.fit_factor_probes`) and the
+   weighted kNN (:func:`ctrlaug.evaluate.knn_top1`, k=20, t=0.07), trained on the unaugmented
+   centre clips of ``videos`` videos of the config's train split, tested on the held-out clips
+   (one clip per video, so lower than the demo's 10-clip probe).
+
+Cost: 6 forward passes per held-out video with the default 4 levels, plus one per train video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ctrlaug.augment import (
+    AugmentConfig,
+    apply_views,
+    level_components,
+    low_level_augment,
+    sample_eval_views,
+    sample_level_params,
+)
+from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
+from ctrlaug.evaluate import EvalError, knn_top1, load_encoder, resolve_device
+from ctrlaug.models import normalize_input, pool
+from ctrlaug.probe import fit_factor_probes
+
+__all__ = [
+    "LEVEL_COMPONENTS",
+    "centre_clip",
+    "reverse_clip",
+    "video_split",
+    "level_decodability",
+    "reversal_decodability",
+    "masks_to_grid",
+    "focus_ratio",
+    "diagnose",
+    "main",
+]
+
+LEVEL_COMPONENTS = ("brightness", "contrast", "saturation", "hue", "blur")  # level_components order
+_POSITIVE_MOTIONS = ("right", "down")  # displayed-direction label 1; their time reverses get 0
+
+
+# ------------------------------------------------------------------------------------------------
+# measurements on features, maps and masks
+
+
+def video_split(num_videos: int, seed: int = 0) -> torch.Tensor:
+    """Bool [N] train mask: a seeded half of the videos (the first ``N // 2`` of a permutation)."""
+    if num_videos < 4:
+        raise ValueError(f"video_split needs at least 4 videos, got {num_videos}")
+    g = torch.Generator().manual_seed(seed)
+    train = torch.zeros(num_videos, dtype=torch.bool)
+    train[torch.randperm(num_videos, generator=g)[: num_videos // 2]] = True
+    return train
+
+
+def level_decodability(
+    feats: torch.Tensor,
+    levels: torch.Tensor,
+    train: torch.Tensor,
+    aug: AugmentConfig | None = None,
+    *,
+    epochs: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Linear decodability of every tau_l level component from view features.
+
+    Args:
+        feats: float [N videos, V views, C]; levels: int64 [N, V] level ids of the views.
+        train: bool [N]: videos whose views train the probes; the others test them.
+        aug: the level definition (bin counts); default :class:`AugmentConfig`.
+
+    Returns ``{component: {"top1", "train_top1", "chance"}}`` (%) for :data:`LEVEL_COMPONENTS`,
+    chance = the test views' majority-bin rate.
+    """
+    aug = aug or AugmentConfig()
+    if feats.dim() != 3 or levels.shape != feats.shape[:2] or train.shape != feats.shape[:1]:
+        raise ValueError(
+            f"level_decodability: feats [N, V, C], levels [N, V], train [N] expected, got "
+            f"{tuple(feats.shape)}, {tuple(levels.shape)}, {tuple(train.shape)}"
+        )
+    comps = dict(zip(LEVEL_COMPONENTS, level_components(levels, aug)))
+    counts = dict(zip(LEVEL_COMPONENTS, aug.level_counts))
+    tr, te = train.bool(), ~train.bool()
+    return fit_factor_probes(
+        feats[tr].flatten(0, 1),
+        {k: v[tr].flatten() for k, v in comps.items()},
+        feats[te].flatten(0, 1),
+        {k: v[te].flatten() for k, v in comps.items()},
+        counts,
+        epochs=epochs,
+        seed=seed,
+    )
+
+
+def reversal_decodability(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    first_label: torch.Tensor,
+    train: torch.Tensor,
+    *,
+    epochs: int = 200,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Binary linear decodability of temporal order from pairs of clips with the same frames.
+
+    Args:
+        first: float [N, C] features of the clips; second: float [N, C] of the same clips reversed
+            in time (the same frames, opposite order).
+        first_label: int [N] in {0, 1}: the order class of each first clip; its reversal carries
+            ``1 - first_label``.
+        train: bool [N]: pairs that train the probe (both members); the others test it.
+
+    Returns ``{"top1", "train_top1", "chance"}`` (%): chance is 50 (every test pair holds both
+    classes), and features that ignore frame order score exactly 50.
+    """
+    if first.shape != second.shape or first.dim() != 2 or first_label.shape != first.shape[:1]:
+        raise ValueError(
+            f"reversal_decodability: first, second [N, C] and first_label [N] expected, got "
+            f"{tuple(first.shape)}, {tuple(second.shape)}, {tuple(first_label.shape)}"
+        )
+    y = first_label.long()
+    if ((y != 0) & (y != 1)).any():
+        raise ValueError("reversal_decodability: first_label must be 0 or 1")
+    tr, te = train.bool(), ~train.bool()
+
+    def pairs(m):
+        return torch.cat([first[m], second[m]]), {"order": torch.cat([y[m], 1 - y[m]])}
+
+    (xtr, ytr), (xte, yte) = pairs(tr), pairs(te)
+    return fit_factor_probes(xtr, ytr, xte, yte, {"order": 2}, epochs=epochs, seed=seed)["order"]
+
+
+def masks_to_grid(masks: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Object masks [N, F, S, S] (bool or fractions) -> the fraction of each cell of the feature
+    grid [N, T', H', W'] that the object covers (area average; exact when the grid divides)."""
+    return F.adaptive_avg_pool3d(masks.float()[:, None], tuple(int(g) for g in grid))[:, 0]
+
+
+def focus_ratio(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Foreground focus of activation maps, per clip.
+
+    Args:
+        maps: float [N, ...] non-negative activation maps (negative values are clipped to 0).
+        masks: float [N, ...] of the same shape: the object's coverage of each cell, in [0, 1].
+
+    Returns ``{"ratio", "inside", "area"}``, float [N] each: ``inside`` = share of the map's energy
+    on the object (coverage-weighted), ``area`` = the object's share of the cells, ``ratio`` =
+    inside / area (1 = no preference, > 1 = on the object, < 1 = off it); NaN where the map is
+    all zero or the object is absent.
+    """
+    if maps.shape != masks.shape or maps.dim() < 2:
+        raise ValueError(
+            f"focus_ratio: maps and masks must have the same [N, ...] shape, got "
+            f"{tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
+    m = maps.float().clamp_min(0).flatten(1)
+    a = masks.float().flatten(1)
+    energy, area = m.sum(1), a.mean(1)
+    inside = (m * a).sum(1) / energy.where(energy > 0, torch.ones_like(energy))
+    ratio = inside / area.where(area > 0, torch.ones_like(area))
+    bad = (energy <= 0) | (area <= 0)
+    nan = torch.full_like(ratio, math.nan)
+    return {"ratio": ratio.where(~bad, nan), "inside": inside.where(~bad, nan), "area": area}
+
+
+# ------------------------------------------------------------------------------------------------
+# clips of the benchmark and encoder passes
+
+
+def centre_clip(
+    videos: np.ndarray, masks: np.ndarray, aug: AugmentConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation clips of rendered videos and their object masks.
+
+    ``clip_frames`` frames from the middle of each video, centre square crop (``eval_crop``)
+    resized to ``aug.size`` by :func:`~ctrlaug.augment.apply_views`, as the evaluation datasets
+    cut them. videos: uint8 [B, T, H, W, 3]; masks: bool [B, T, H, W]. Returns (uint8
+    [B, 3, F, S, S], float [B, F, S, S] object coverage of each pixel in [0, 1]).
+    """
+    B, T, H, W = videos.shape[:4]
+    v = sample_eval_views(T, H, W, cfg=dataclasses.replace(aug, eval_clips=1))
+    idx, box = v.clip_frames.expand(B, -1, -1), v.clip_boxes.expand(B, -1, -1)
+    clips = apply_views(torch.from_numpy(videos), idx, box, aug.size)[:, 0]
+    m = torch.from_numpy(masks).float()[..., None]
+    return clips, apply_views(m, idx, box, aug.size)[:, 0, 0].clamp(0, 1)
+
+
+def reverse_clip(clips: torch.Tensor) -> torch.Tensor:
+    """The same clips [B, C, F, H, W] played backwards: frame f becomes frame F - 1 - f."""
+    return clips.flip(2)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Tiny probe problems: one torch thread (two threads on a busy 2-core CPU were 20x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _render(shapes: ShapesConfig, split: str, indices, aug: AugmentConfig):
+    """Centre clips (uint8 [B, 3, F, S, S]), object coverage [B, F, S, S] and factor dicts."""
+    rendered = [render_shapes(shapes, split, i) for i in indices]
+    clips, cover = centre_clip(np.stack([r[0] for r in rendered]), np.stack([r[1] for r in rendered]), aug)
+    return clips, cover, [r[2] for r in rendered]
+
+
+@torch.no_grad()
+def _encode(encoder: nn.Module, x: torch.Tensor, dev: torch.device, batch: int):
+    """float [N, 3, F, S, S] in [0, 1] -> (pooled [N, C], CAAM [N, T', H', W']) on the CPU."""
+    feats, maps = [], []
+    for i in range(0, len(x), batch):
+        fmap = encoder(normalize_input(x[i : i + batch].to(dev))).float()
+        feats.append(pool(fmap).cpu())
+        maps.append(fmap.mean(1).cpu())
+    return torch.cat(feats), torch.cat(maps)
+
+
+def _shapes_of(cfg) -> tuple[ShapesConfig, str | None]:
+    shapes = getattr(cfg, "shapes", None) or ShapesConfig()
+    if getattr(cfg, "dataset", "shapes") == "shapes":
+        return shapes, None
+    return shapes, (
+        f"the config's dataset is {cfg.dataset!r}: diagnosed on the shapes benchmark "
+        f"(its shapes settings) at the config's clip geometry"
+    )
+
+
+def _pick(shapes: ShapesConfig, split: str, videos: int) -> int:
+    try:
+        n = min(int(videos), shapes.split_size(split))
+    except ValueError as e:
+        raise EvalError(f"diagnose: {e}") from None
+    if n < 4:
+        raise EvalError(f"diagnose needs >= 4 videos; shapes {split} split gives {n} (videos={videos})")
+    return n
+
+
+def diagnose(
+    encoder: nn.Module,
+    cfg,
+    *,
+    videos: int = 256,
+    levels: int = 4,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    probe_epochs: int = 200,
+    log=None,
+) -> dict:
+    """Run the four measurements of this module on ``encoder`` (see the module docstring).
+
+    Args:
+        encoder: R3D returning the last feature map; evaluated in eval mode (restored after),
+            moved to ``device`` when given (default: where it is).
+        cfg: a :class:`~ctrlaug.config.TrainConfig` (``augment``, ``shapes``, ``split``,
+            ``probe_split``, ``dataset`` are read).
+        videos: held-out videos of ``probe_split`` (and train videos of ``split`` for the
+            factor probes), cut to the split sizes.
+        levels: tau_l levels per held-out clip for the level probe.
+        seed: level draws, the video halves and the probes.
+
+    Returns a JSON-able dict: ``level`` ({component: {top1, train_top1, chance}} plus
+    ``mean_top1``/``mean_chance``), ``arrow`` ({top1, train_top1, chance}), ``focus`` ({ratio,
+    ratio_std, inside, area, clips, grid}), ``factors`` ({factor: {linear, linear_train, knn,
+    chance}}), the setting and ``seconds``. Accuracies and shares are in %.
+    """
+    t0 = time.perf_counter()
+    if levels < 1:
+        raise EvalError(f"diagnose: levels must be >= 1, got {levels}")
+    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
+    encoder.to(dev)
+    aug = cfg.augment
+    shapes, note = _shapes_of(cfg)
+    test_split, train_split = cfg.probe_split, cfg.split
+    n_te, n_tr = _pick(shapes, test_split, videos), _pick(shapes, train_split, videos)
+    g = torch.Generator().manual_seed(seed)
+    lev = torch.randint(aug.num_levels, (n_te, levels), generator=g)
+    params = sample_level_params(lev.flatten(), aug, generator=g)
+    was = encoder.training
+    encoder.eval()
+    try:
+        te = _held_out(encoder, shapes, test_split, n_te, aug, params, levels, dev, batch_size)
+        tr_x, tr_y = _train_clips(encoder, shapes, train_split, n_tr, aug, dev, batch_size)
+    finally:
+        encoder.train(was)
+    half = video_split(n_te, seed)
+    with _single_thread():
+        level, arrow, factors = _probes(te, lev, half, tr_x, tr_y, aug, shapes, probe_epochs, seed)
+    grid = tuple(te["maps"].shape[1:])
+    foc = focus_ratio(te["maps"], masks_to_grid(te["masks"], grid))
+    ok = torch.isfinite(foc["ratio"])
+    res = {
+        "benchmark": "shapes",
+        "config_dataset": getattr(cfg, "dataset", "shapes"),
+        "note": note,
+        "test_split": test_split,
+        "train_split": train_split,
+        "videos": n_te,
+        "train_videos": n_tr,
+        "levels_per_video": levels,
+        "clip": [aug.clip_frames, aug.size, aug.size],
+        "seed": seed,
+        "device": str(dev),
+        "primary": "shape",
+        "level": level,
+        "arrow": arrow,
+        "focus": {
+            "ratio": float(foc["ratio"][ok].mean()) if ok.any() else math.nan,
+            "ratio_std": float(foc["ratio"][ok].std()) if ok.sum() > 1 else math.nan,
+            "inside": float(foc["inside"][ok].mean() * 100) if ok.any() else math.nan,
+            "area": float(foc["area"].mean() * 100),
+            "clips": int(ok.sum()),
+            "grid": list(grid),
+        },
+        "factors": factors,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if log:
+        log(summary_line(res))
+    return res
+
+
+def _probes(te, lev, half, tr_x, tr_y, aug, shapes, epochs, seed):
+    """The level, arrow and factor probes of :func:`diagnose` on extracted features."""
+    level = level_decodability(te["levels"], lev, half, aug, epochs=epochs, seed=seed)
+    level["mean_top1"] = float(np.mean([level[k]["top1"] for k in LEVEL_COMPONENTS]))
+    level["mean_chance"] = float(np.mean([level[k]["chance"] for k in LEVEL_COMPONENTS]))
+    positive = torch.tensor([MOTIONS[m] in _POSITIVE_MOTIONS for m in te["factors"]["motion"].tolist()])
+    arrow = reversal_decodability(te["fwd"], te["rev"], positive.long(), half, epochs=epochs, seed=seed)
+    num_classes = {k: len(v) for k, v in shapes.factor_values.items()}
+    lin = fit_factor_probes(tr_x, tr_y, te["fwd"], te["factors"], num_classes, epochs=epochs, seed=seed)
+    factors = {
+        k: {
+            "linear": lin[k]["top1"],
+            "linear_train": lin[k]["train_top1"],
+            "knn": knn_top1(tr_x, tr_y[k], te["fwd"], te["factors"][k], num_classes=num_classes[k]),
+            "chance": lin[k]["chance"],
+        }
+        for k in num_classes
+    }
+    return level, arrow, factors
+
+
+def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
+    """Forward, reversed and level-view features, CAAMs, masks and factors of n held-out clips."""
+    out = {k: [] for k in ("fwd", "rev", "levels", "maps", "masks")}
+    factors = []
+    for i0 in range(0, n, batch):
+        clips, cover, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
+        factors += fac
+        x = clips.float().div_(255.0)  # [B, 3, F, S, S]
+        B = len(x)
+        f, maps = _encode(encoder, x, dev, batch)
+        out["fwd"].append(f)
+        out["maps"].append(maps)
+        out["masks"].append(cover)
+        out["rev"].append(_encode(encoder, reverse_clip(x), dev, batch)[0])
+        p = params.select(slice(i0 * levels, (i0 + B) * levels))
+        xv = low_level_augment(x.repeat_interleave(levels, 0), p, max_kernel=aug.max_blur_kernel)
+        out["levels"].append(_encode(encoder, xv, dev, batch)[0].view(B, levels, -1))
+    res = {k: torch.cat(v) for k, v in out.items()}
+    res["factors"] = _stack_factors(factors)
+    return res
+
+
+def _train_clips(encoder, shapes, split, n, aug, dev, batch):
+    """Pooled features [n, C] and factor labels of the centre clips of n train videos."""
+    feats, factors = [], []
+    for i0 in range(0, n, batch):
+        clips, _, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
+        factors += fac
+        feats.append(_encode(encoder, clips.float().div_(255.0), dev, batch)[0])
+    return torch.cat(feats), _stack_factors(factors)
+
+
+def _stack_factors(factors: list[dict[str, int]]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([f[k] for f in factors], dtype=torch.int64) for k in factors[0]}
+
+
+# ------------------------------------------------------------------------------------------------
+# reports and CLI
+
+
+def summary_line(res: dict) -> str:
+    lv, fo = res["level"], res["focus"]
+    return (
+        f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | arrow "
+        f"{res['arrow']['top1']:.1f}% (chance 50) | focus {fo['ratio']:.2f} | "
+        + " ".join(f"{k} {v['linear']:.1f}/{v['knn']:.1f}" for k, v in res["factors"].items())
+        + f" (linear/knn %) | {res['seconds']:.1f} s"
+    )
+
+
+def to_markdown(res: dict) -> str:
+    """The human-readable report of a :func:`diagnose` result."""
+    lv, ar, fo = res["level"], res["arrow"], res["focus"]
+    head = f"checkpoint: `{res.get('checkpoint')}`" + (" (random init)" if res.get("random_init") else "")
+    lines = [
+        "# Mechanism diagnostics",
+        "",
+        f"{head}; benchmark: shapes, {res['videos']} held-out videos ({res['test_split']}), "
+        f"{res['train_videos']} train videos ({res['train_split']}) for the factor probes; clip "
+        f"{'x'.join(map(str, res['clip']))}; {res['seconds']:.1f} s on {res['device']}.",
+    ]
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}."]
+    lines += [
+        "",
+        f"## L_mi: tau_l level decodability ({res['levels_per_video']} levels per clip; lower = fewer shortcuts)",
+        "",
+        "| component | test top-1 % | train top-1 % | chance % |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {lv[k]['top1']:.1f} | {lv[k]['train_top1']:.1f} | {lv[k]['chance']:.1f} |"
+        for k in LEVEL_COMPONENTS
+    ]
+    lines += [
+        f"| mean | {lv['mean_top1']:.1f} | | {lv['mean_chance']:.1f} |",
+        "",
+        "## L_td: arrow of time (clip vs its time reversal; higher = order-aware)",
+        "",
+        f"test top-1 {ar['top1']:.1f}% (train {ar['train_top1']:.1f}%, chance {ar['chance']:.1f}%)",
+        "",
+        "## Region contrast: CAAM focus on the moving object (1 = no preference)",
+        "",
+        f"focus ratio {fo['ratio']:.3f} (std {fo['ratio_std']:.3f} over {fo['clips']} clips); "
+        f"{fo['inside']:.1f}% of the CAAM energy on an object covering {fo['area']:.1f}% of the "
+        f"{'x'.join(map(str, fo['grid']))} feature grid",
+        "",
+        "## Factors (one centre clip per video)",
+        "",
+        "| factor | linear % | linear train % | kNN % | chance % |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k}{' (primary)' if k == res['primary'] else ''} | {v['linear']:.1f} | {v['linear_train']:.1f} "
+        f"| {v['knn']:.1f} | {v['chance']:.1f} |"
+        for k, v in res["factors"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace, log=print) -> dict:
+    """Load the encoder named by the CLI arguments, diagnose it, write JSON and markdown."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.checkpoint and not args.random_init:
+        raise EvalError("give RUN_OR_CKPT (a ckpt_*.pt or a run folder), or --random-init")
+    if args.videos < 4:
+        raise EvalError(f"--videos must be >= 4, got {args.videos}")
+    device = resolve_device(args.device)
+    enc, cfg, ckpt = load_encoder(args.checkpoint, args.config, args.random_init, args.set)
+    res = diagnose(enc, cfg, videos=args.videos, levels=args.levels, seed=args.seed, device=device)
+    res = {"checkpoint": ckpt, "random_init": bool(args.random_init), **res}
+    out = args.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    stem = os.path.join(out, "diagnose" + ("_random" if args.random_init else ""))
+    os.makedirs(out, exist_ok=True)
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=2)
+    with open(stem + ".md", "w") as f:
+        f.write(to_markdown(res))
+    log(summary_line(res) + f" -> {stem}.json")
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ctrlaug.diagnose", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CKPT", help="ckpt_*.pt file or a run folder")
+    p.add_argument("--random-init", action="store_true", help="random-init encoder of the same config")
+    p.add_argument("--config", help="model/data config YAML (default: the checkpoint's own)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--videos", type=int, default=256, help="held-out (and train) videos (default 256)")
+    p.add_argument("--levels", type=int, default=4, help="tau_l levels per held-out clip (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="levels, video halves and probes (default 0)")
+    p.add_argument("--out", help="output folder (default: the checkpoint's run folder)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Mechanism diagnostics (ctrlaug.diagnose): each measurement on constructed features, maps and
+masks, the clips it relies on, and the CLI end to end on a tiny random-init encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ctrlaug.augment import AugmentConfig, level_components
+from ctrlaug.config import load_config
+from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
+from ctrlaug.diagnose import (
+    LEVEL_COMPONENTS,
+    centre_clip,
+    diagnose,
+    focus_ratio,
+    level_decodability,
+    main,
+    masks_to_grid,
+    reversal_decodability,
+    reverse_clip,
+    video_split,
+)
+from ctrlaug.models import build_encoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# A diagnose run of a few seconds: 16 + 16 videos of 8 frames at 32 px, width 1/16.
+TINY_SHAPES = [
+    "dataset=shapes",
+    "width=0.0625",
+    "shapes.num_shapes=2",
+    "shapes.num_motions=2",
+    "shapes.train_per_class=8",
+    "shapes.test_per_class=8",
+    "shapes.num_frames=12",
+    "shapes.size=32",
+    "augment.size=32",
+    "augment.clip_frames=8",
+    "augment.global_frames=8",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# level decodability
+
+
+def _levels(n: int, v: int, aug: AugmentConfig, seed: int = 0) -> torch.Tensor:
+    return torch.randint(aug.num_levels, (n, v), generator=torch.Generator().manual_seed(seed))
+
+
+def test_features_that_encode_the_level_decode_it_and_random_features_do_not():
+    aug = AugmentConfig()
+    n, v = 160, 4
+    lev = _levels(n, v, aug)
+    onehots = [
+        torch.nn.functional.one_hot(c, k).float()
+        for c, k in zip(level_components(lev, aug), aug.level_counts)
+    ]
+    g = torch.Generator().manual_seed(1)
+    content = torch.randn(n, 1, 16, generator=g).expand(n, v, 16)  # per-video content, same in all views
+    encodes = torch.cat([*onehots, content], -1) + 0.05 * torch.randn(n, v, 18 + 16, generator=g)
+    train = video_split(n, 0)
+    good = level_decodability(encodes, lev, train, aug)
+    assert set(good) == set(LEVEL_COMPONENTS)
+    for k in LEVEL_COMPONENTS:
+        assert good[k]["top1"] > 95, (k, good[k])
+    rand = level_decodability(torch.randn(n, v, 34, generator=g), lev, train, aug)
+    for k in LEVEL_COMPONENTS:
+        assert rand[k]["top1"] < rand[k]["chance"] + 10, (k, rand[k])
+        assert 20 <= rand[k]["chance"] <= 60, (k, rand[k])  # 4 bins (hue: 2), majority rate
+
+
+def test_level_probe_splits_by_video_and_checks_shapes():
+    train = video_split(10, 3)
+    assert train.sum() == 5 and not torch.equal(train, video_split(10, 4))
+    with pytest.raises(ValueError, match="at least 4"):
+        video_split(3)
+    with pytest.raises(ValueError, match="feats"):
+        level_decodability(torch.zeros(10, 2, 4), torch.zeros(10, 3, dtype=torch.int64), train)
+
+
+# ------------------------------------------------------------------------------------------------
+# arrow of time
+
+
+def test_order_aware_features_decode_the_arrow_of_time_and_order_blind_ones_sit_at_chance():
+    g = torch.Generator().manual_seed(0)
+    n, c = 200, 24
+    content = torch.randn(n, c, generator=g)
+    direction = torch.randn(c, generator=g)
+    label = torch.randint(2, (n,), generator=g)
+    sign = (2 * label - 1).float()[:, None]
+    first, second = content + 2 * sign * direction, content - 2 * sign * direction
+    train = video_split(n, 0)
+    aware = reversal_decodability(first, second, label, train)
+    assert aware["top1"] > 95 and aware["chance"] == 50, aware
+    # features that ignore frame order give a clip and its reversal the same features: exactly 50%
+    blind = reversal_decodability(first, first.clone(), label, train)
+    assert blind["top1"] == pytest.approx(50.0), blind
+    with pytest.raises(ValueError, match="0 or 1"):
+        reversal_decodability(first, second, label + 1, train)
+
+
+def _centroid_x(clip: torch.Tensor) -> np.ndarray:
+    """Column centroid per frame of the bright object in a uint8 [3, F, S, S] clip."""
+    obj = clip.max(0).values.numpy() > 128  # object: max channel >= 204; background <= ~70
+    cols = np.arange(obj.shape[-1])[None, None]
+    return (obj * cols).sum((1, 2)) / obj.sum((1, 2))
+
+
+def test_a_reversed_clip_shows_the_opposite_motion_and_masks_match_the_object():
+    cfg = ShapesConfig()
+    aug = AugmentConfig(size=48, clip_frames=8, global_frames=8)
+    index = MOTIONS.index("right") * cfg.num_shapes  # video 0 of the "right" block: a disc moving right
+    video, masks, fac = render_shapes(cfg, "test", index)
+    assert MOTIONS[fac["motion"]] == "right"
+    clip, cover = centre_clip(video[None], masks[None], aug)
+    assert clip.shape == (1, 3, 8, 48, 48) and cover.shape == (1, 8, 48, 48)
+    fwd, rev = _centroid_x(clip[0]), _centroid_x(reverse_clip(clip)[0])
+    assert np.all(np.diff(fwd) > 0), fwd  # moves right, frame after frame
+    assert np.all(np.diff(rev) < 0), rev  # the reversal moves left
+    np.testing.assert_allclose(rev, fwd[::-1])
+    # the cut masks cover the object's pixels in the same frames and crop
+    obj = clip[0].max(0).values > 128
+    mask = cover[0] > 0.5
+    iou = (obj & mask).sum() / (obj | mask).sum()
+    assert iou > 0.9, float(iou)
+
+
+# ------------------------------------------------------------------------------------------------
+# foreground focus
+
+
+def test_focus_ratio_above_one_on_the_mask_one_when_uniform_below_one_off_the_mask():
+    masks = torch.zeros(3, 2, 4, 4)
+    masks[:, :, :2, :2] = 1  # object: a quarter of every frame
+    grid = masks_to_grid(masks, (1, 2, 2))
+    assert grid.shape == (3, 1, 2, 2)
+    torch.testing.assert_close(grid[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    maps = torch.stack([0.1 + masks[0], torch.ones(2, 4, 4), 1 - masks[0]])
+    f = focus_ratio(maps, masks)
+    assert f["ratio"][0] > 1 and f["ratio"][1] == pytest.approx(1.0) and f["ratio"][2] < 1, f
+    assert f["ratio"][2] == pytest.approx(0.0) and f["area"][0] == pytest.approx(0.25)
+    # on the feature grid: a map on the object's cell gives the largest possible ratio, 1 / area
+    on = focus_ratio(grid[:1], grid[:1])
+    assert on["ratio"][0] == pytest.approx(4.0) and on["inside"][0] == pytest.approx(1.0)
+    # an all-zero map has no focus (NaN), and a shape mismatch is an error
+    assert math.isnan(float(focus_ratio(torch.zeros(1, 2, 4, 4), masks[:1])["ratio"][0]))
+    with pytest.raises(ValueError, match="same"):
+        focus_ratio(maps, masks[:, :1])
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI and end to end
+
+
+def test_bad_path_is_one_error_line_with_exit_code_2(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "ctrlaug.diagnose", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not found" in lines[0], p.stderr
+    assert main([str(tmp_path)]) == 2  # an empty run folder: no checkpoint
+    assert main([]) == 2  # neither a checkpoint nor --random-init
+    assert not os.listdir(tmp_path)
+
+
+def _in_range(res: dict) -> None:
+    for k in (*LEVEL_COMPONENTS, "mean_top1", "mean_chance"):
+        vals = [res["level"][k]] if k.startswith("mean") else res["level"][k].values()
+        assert all(0 <= x <= 100 for x in vals), (k, res["level"][k])
+    assert all(0 <= x <= 100 for x in res["arrow"].values()), res["arrow"]
+    for k, v in res["factors"].items():
+        assert set(v) == {"linear", "linear_train", "knn", "chance"} and all(
+            0 <= x <= 100 for x in v.values()
+        ), k
+    fo = res["focus"]
+    assert fo["ratio"] > 0 and 0 <= fo["inside"] <= 100 and 0 < fo["area"] < 100, fo
+
+
+def test_diagnose_end_to_end_on_a_tiny_random_init_encoder(tmp_path):
+    out = tmp_path / "diag"
+    args = ["--random-init", "--out", str(out), "--videos", "16", "--levels", "2"]
+    assert main([*args, *(f"--set={s}" for s in TINY_SHAPES)]) == 0
+    assert sorted(os.listdir(out)) == ["diagnose_random.json", "diagnose_random.md"]
+    with open(out / "diagnose_random.json") as f:
+        res = json.load(f)
+    assert {"level", "arrow", "focus", "factors", "primary", "seconds", "random_init", "checkpoint"} <= set(
+        res
+    )
+    assert res["random_init"] and res["checkpoint"] is None and res["note"] is None
+    assert res["videos"] == 16 and res["train_videos"] == 16 and res["clip"] == [8, 32, 32]
+    assert set(res["factors"]) == {"shape", "motion", "colour", "background"} and res["primary"] == "shape"
+    assert res["arrow"]["chance"] == 50
+    _in_range(res)
+    md = (out / "diagnose_random.md").read_text()
+    assert "arrow of time" in md and "| shape (primary) |" in md
+
+
+def test_a_config_of_another_dataset_is_diagnosed_on_shapes_and_says_so():
+    cfg = load_config(None, [*TINY_SHAPES, "dataset=synthetic"])
+    torch.manual_seed(0)
+    res = diagnose(build_encoder(cfg.arch, cfg.width), cfg, videos=8, levels=1, probe_epochs=20)
+    assert res["benchmark"] == "shapes" and res["config_dataset"] == "synthetic"
+    assert "synthetic" in res["note"] and res["videos"] == 8
+    _in_range(res)
