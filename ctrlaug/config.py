@@ -25,6 +25,7 @@ import yaml
 
 from ctrlaug.augment.config import AugmentConfig
 from ctrlaug.data.dataset import DataConfig
+from ctrlaug.data.shapes import ShapesConfig
 from ctrlaug.data.synthetic import SyntheticConfig
 
 __all__ = [
@@ -51,7 +52,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("synthetic", "ucf101", "hmdb51", "k400", "kinetics400", "diving48", "folder", "csv")
+DATASETS = ("shapes", "synthetic", "ucf101", "hmdb51", "k400", "kinetics400", "diving48", "folder", "csv")
 ESTIMATORS = ("dv", "jsd", "infonce")
 
 
@@ -80,6 +81,12 @@ class TrainConfig:
         None,
         "synthetic motion set (dataset=synthetic); set fields with synthetic.<name>=value",
         factory=lambda: SyntheticConfig(train_per_class=24, test_per_class=24, num_frames=32, size=64),
+    )
+    shapes: ShapesConfig = opt(
+        None,
+        "factorised shapes benchmark (dataset=shapes): shape, motion, colour, background factors; "
+        "set fields with shapes.<name>=value",
+        factory=ShapesConfig,
     )
     data: DataConfig = opt(None, "decoding and robustness; data.seed null = the run seed", factory=DataConfig)
     num_workers: int = opt(1, "DataLoader worker processes per rank", min=0)
@@ -369,7 +376,7 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errs.append(f"td: L_td orders clips and needs augment.num_clips >= 2, got {cfg.augment.num_clips}")
     if cfg.lr_milestones is not None and any(m < 1 for m in cfg.lr_milestones):
         errs.append(f"lr_milestones: epochs must be >= 1, got {cfg.lr_milestones!r}")
-    if cfg.dataset != "synthetic" and not cfg.data_root:
+    if cfg.dataset not in ("synthetic", "shapes") and not cfg.data_root:
         errs.append(f"data_root: required for dataset={cfg.dataset!r}")
     return errs
 

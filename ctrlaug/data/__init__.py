@@ -1,5 +1,5 @@
 """Video data pipeline: decoding (PyAV, frame folders), dataset adapters (UCF-101, HMDB-51,
-Kinetics-400, Diving-48, class-per-folder, CSV), the synthetic motion set and the view collate.
+Kinetics-400, Diving-48, class-per-folder, CSV), the synthetic motion set, the factorised shapes benchmark and the view collate.
 
 Importing this package needs torch and numpy only; PyAV is imported when a video file is opened
 and Pillow when a frame folder is read.
@@ -7,9 +7,10 @@ and Pillow when a frame folder is read.
 
 from . import decode
 from .collate import collate_views, make_collate
-from .dataset import BadVideoLog, DataConfig, SyntheticMotion, VideoDataset, build_dataset
+from .dataset import BadVideoLog, DataConfig, SyntheticMotion, SyntheticShapes, VideoDataset, build_dataset
 from .decode import BadVideoError, VideoInfo, open_video, probe_video, read_frames, write_video
 from .records import FORMATS, DatasetFormatError, RecordList, VideoRecord, format_splits, load_records
+from .shapes import FACTORS, ShapesConfig, render_shapes, shape_factors, write_shapes
 from .synthetic import MOTION_CLASSES, SyntheticConfig, render_video, write_synthetic
 
 __all__ = [
@@ -17,6 +18,12 @@ __all__ = [
     "build_dataset",
     "VideoDataset",
     "SyntheticMotion",
+    "SyntheticShapes",
+    "ShapesConfig",
+    "FACTORS",
+    "render_shapes",
+    "shape_factors",
+    "write_shapes",
     "SyntheticConfig",
     "MOTION_CLASSES",
     "render_video",

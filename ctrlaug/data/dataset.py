@@ -23,9 +23,10 @@ from torch.utils.data import Dataset
 from ..augment import AugmentConfig, apply_views, sample_eval_views, sample_views
 from .decode import BadVideoError, open_video
 from .records import RecordList, VideoRecord, load_records
+from .shapes import ShapesConfig, ShapesReader, render_shapes, shape_factors, write_shapes
 from .synthetic import SyntheticConfig, SyntheticReader
 
-__all__ = ["DataConfig", "VideoDataset", "SyntheticMotion", "build_dataset", "BadVideoLog"]
+__all__ = ["DataConfig", "VideoDataset", "SyntheticMotion", "SyntheticShapes", "build_dataset", "BadVideoLog"]
 
 log = logging.getLogger("ctrlaug.data")
 
@@ -78,6 +79,7 @@ class VideoDataset(Dataset):
     """
 
     mirror_changes_labels: bool = False
+    primary_factor: str = "class"  # the factor the probes call primary (see factor_labels)
 
     def __init__(
         self,
@@ -113,6 +115,15 @@ class VideoDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [r.label for r in self.records]
+
+    def factor_labels(self) -> dict[str, torch.Tensor]:
+        """Every labelled factor of every video, in index order: ``{name: int64 [N]}``. Real
+        datasets have one, ``"class"``; the synthetic benchmarks name theirs."""
+        return {self.primary_factor: torch.tensor(self.labels, dtype=torch.int64)}
+
+    def factor_classes(self) -> dict[str, list[str]]:
+        """Class names of every factor of :meth:`factor_labels`."""
+        return {self.primary_factor: list(self.classes)}
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch number used in the per-sample seed when ``DataConfig.seed`` is set."""
@@ -212,6 +223,7 @@ class SyntheticMotion(VideoDataset):
 
     # right/left and clockwise/anticlockwise are mirror images of each other
     mirror_changes_labels = True
+    primary_factor = "motion"
 
     def __init__(
         self,
@@ -243,6 +255,48 @@ class SyntheticMotion(VideoDataset):
         return write_synthetic(root, self.synth)
 
 
+class SyntheticShapes(VideoDataset):
+    """The factorised shapes benchmark (see :mod:`ctrlaug.data.shapes`), rendered on the fly.
+
+    ``label`` is the primary factor (the object's shape); :meth:`factor_labels` gives every factor
+    (shape, motion, colour, background) and :meth:`render` the raw video with its object masks.
+    """
+
+    primary_factor = "shape"
+
+    def __init__(
+        self,
+        split: str = "train",
+        shapes: ShapesConfig | None = None,
+        augment: AugmentConfig | None = None,
+        data: DataConfig | None = None,
+        mode: str = "pretrain",
+    ) -> None:
+        self.shapes = shapes or ShapesConfig()
+        self.split = split
+        n = self.shapes.split_size(split)
+        recs = [VideoRecord(f"shapes://{split}/{i}", i % self.shapes.num_shapes) for i in range(n)]
+        super().__init__(RecordList(recs, self.shapes.classes, [], "shapes"), augment, data, mode)
+
+    def open(self, index: int):
+        return ShapesReader(self.shapes, self.split, index)
+
+    def factor_labels(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in shape_factors(self.shapes, self.split).items()}
+
+    def factor_classes(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.shapes.factor_values.items()}
+
+    def render(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """(uint8 [T, S, S, 3], bool object mask [T, S, S], factors) of video ``index``."""
+        return render_shapes(self.shapes, self.split, index)
+
+    def write(self, root: str | os.PathLike) -> str:
+        """Write this config's train and test splits as mp4 under ``root`` (class-per-folder by
+        shape, with a factors CSV per split)."""
+        return write_shapes(root, self.shapes)
+
+
 def build_dataset(
     format: str,
     root: str | os.PathLike | None = None,
@@ -252,12 +306,13 @@ def build_dataset(
     data: DataConfig | None = None,
     mode: str = "pretrain",
     synth: SyntheticConfig | None = None,
+    shapes: ShapesConfig | None = None,
     **format_kwargs,
 ) -> VideoDataset:
     """Build a view dataset.
 
-    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "synthetic".
-    root: dataset root (or CSV file); ignored for "synthetic". split: "train" / "test" ("val" for
+    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "synthetic" |
+    "shapes". root: dataset root (or CSV file); ignored for "synthetic" and "shapes". split: "train" / "test" ("val" for
     Kinetics). format_kwargs: ``fold`` (ucf101, hmdb51), ``version`` and ``use_frame_range``
     (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51).
     """
@@ -266,6 +321,8 @@ def build_dataset(
     fmt = canonical_format(format)
     if fmt == "synthetic":
         return SyntheticMotion(split or "train", synth, augment, data, mode)
+    if fmt == "shapes":
+        return SyntheticShapes(split or "train", shapes, augment, data, mode)
     if root is None:
         raise ValueError(f"build_dataset({format!r}) needs a root directory")
     return VideoDataset(load_records(fmt, os.fspath(root), split, **format_kwargs), augment, data, mode)

@@ -523,11 +523,14 @@ _ALIASES = {"ucf": "ucf101", "ucf-101": "ucf101", "hmdb": "hmdb51", "hmdb-51": "
             "generic": "folder"}  # fmt: skip
 
 
+RENDERED = ("synthetic", "shapes")  # rendered on the fly, no files (ctrlaug.data.build_dataset)
+
+
 def canonical_format(fmt: str) -> str:
     f = fmt.lower()
     f = _ALIASES.get(f, f)
-    if f not in FORMATS and f != "synthetic":
-        raise ValueError(f"unknown dataset format {fmt!r}; known: {sorted(FORMATS) + ['synthetic']}")
+    if f not in FORMATS and f not in RENDERED:
+        raise ValueError(f"unknown dataset format {fmt!r}; known: {sorted(FORMATS) + list(RENDERED)}")
     return f
 
 
@@ -554,10 +557,8 @@ def load_records(fmt: str, root: str, split: str | None = "train", **kwargs) -> 
     """Records of ``split`` of a dataset in format ``fmt`` (see :data:`FORMATS`); kwargs go to the
     adapter (``fold`` for ucf101/hmdb51, ``version``/``use_frame_range`` for diving48, ...)."""
     f = canonical_format(fmt)
-    if f == "synthetic":
-        raise ValueError(
-            "use ctrlaug.data.SyntheticMotion (or build_dataset('synthetic', ...)) for the synthetic set"
-        )
+    if f in RENDERED:
+        raise ValueError(f"the {f!r} set is rendered, not read: use ctrlaug.data.build_dataset({f!r}, ...)")
     root = os.fspath(root)
     if f == "csv" and os.path.isfile(root):
         return csv_records(root, split)

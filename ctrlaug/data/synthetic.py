@@ -172,6 +172,23 @@ def render_video(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarr
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), label
 
 
+def resize_frames(frames: np.ndarray, short_side: int | None, upscale: bool = False) -> np.ndarray:
+    """uint8 [T, H, W, 3] resized like a decoded video (short side ``short_side``, antialiased
+    bilinear); returned as is when the size does not change."""
+    from .decode import resized_hw
+
+    H, W = frames.shape[1:3]
+    h, w = resized_hw(H, W, short_side, upscale)
+    if (h, w) == (H, W):
+        return frames
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 class SyntheticReader:
     """Reader interface (``num_frames``, ``height``, ``width``, ``get``) over a rendered video."""
 
@@ -182,18 +199,7 @@ class SyntheticReader:
         self.path = f"synthetic://{split}/{index}"
 
     def get(self, indices, short_side: int | None = None, *, upscale: bool = False) -> np.ndarray:
-        from .decode import resized_hw
-
-        out = self.video[np.asarray(list(indices), dtype=np.int64)]
-        h, w = resized_hw(self.height, self.width, short_side, upscale)
-        if (h, w) != (self.height, self.width):
-            import torch
-            import torch.nn.functional as F
-
-            x = torch.from_numpy(out).permute(0, 3, 1, 2).float()
-            x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-            out = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return out
+        return resize_frames(self.video[np.asarray(list(indices), dtype=np.int64)], short_side, upscale)
 
     def close(self) -> None:
         pass
