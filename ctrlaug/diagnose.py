@@ -361,9 +361,9 @@ def diagnose(
         "level": level,
         "arrow": arrow,
         "focus": {
-            "ratio": float(foc["ratio"][ok].mean()) if ok.any() else math.nan,
-            "ratio_std": float(foc["ratio"][ok].std()) if ok.sum() > 1 else math.nan,
-            "inside": float(foc["inside"][ok].mean() * 100) if ok.any() else math.nan,
+            "ratio": float(foc["ratio"][ok].mean()) if ok.any() else None,  # None: no clip had a map
+            "ratio_std": float(foc["ratio"][ok].std()) if ok.sum() > 1 else None,
+            "inside": float(foc["inside"][ok].mean() * 100) if ok.any() else None,
             "area": float(foc["area"].mean() * 100),
             "clips": int(ok.sum()),
             "grid": list(grid),
@@ -437,11 +437,15 @@ def _stack_factors(factors: list[dict[str, int]]) -> dict[str, torch.Tensor]:
 # reports and CLI
 
 
+def _fmt(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def summary_line(res: dict) -> str:
     lv, fo = res["level"], res["focus"]
     return (
         f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | arrow "
-        f"{res['arrow']['top1']:.1f}% (chance 50) | focus {fo['ratio']:.2f} | "
+        f"{res['arrow']['top1']:.1f}% (chance 50) | focus {_fmt(fo['ratio'], 2)} | "
         + " ".join(f"{k} {v['linear']:.1f}/{v['knn']:.1f}" for k, v in res["factors"].items())
         + f" (linear/knn %) | {res['seconds']:.1f} s"
     )
@@ -480,8 +484,8 @@ def to_markdown(res: dict) -> str:
         "",
         "## Region contrast: CAAM focus on the moving object (1 = no preference)",
         "",
-        f"focus ratio {fo['ratio']:.3f} (std {fo['ratio_std']:.3f} over {fo['clips']} clips); "
-        f"{fo['inside']:.1f}% of the CAAM energy on an object covering {fo['area']:.1f}% of the "
+        f"focus ratio {_fmt(fo['ratio'], 3)} (std {_fmt(fo['ratio_std'], 3)} over {fo['clips']} clips); "
+        f"{_fmt(fo['inside'], 1)}% of the CAAM energy on an object covering {fo['area']:.1f}% of the "
         f"{'x'.join(map(str, fo['grid']))} feature grid",
         "",
         "## Factors (one centre clip per video)",
