@@ -211,6 +211,29 @@ def test_diagnose_end_to_end_on_a_tiny_random_init_encoder(tmp_path):
     assert "arrow of time" in md and "| shape (primary) |" in md
 
 
+class _ObjectEncoder(torch.nn.Module):
+    """A fake encoder whose map is the bright object's time-averaged coverage on a 1 x 4 x 4 grid:
+    it attends to the object by construction and is blind to frame order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        obj = (x.max(1, keepdim=True).values > (0.5 - 0.45) / 0.225).float()  # raw max channel > 0.5
+        m = torch.nn.functional.adaptive_avg_pool3d(obj.mean(2, keepdim=True), (1, 4, 4)) * self.scale
+        return torch.cat([m, 2 * m], 1)
+
+
+def test_diagnose_reads_an_object_focused_order_blind_encoder_as_such():
+    # End to end through the real clips, masks and probes: focus well above 1, arrow exactly 50%.
+    cfg = load_config(None, TINY_SHAPES)
+    res = diagnose(_ObjectEncoder(), cfg, videos=16, levels=1, probe_epochs=20)
+    assert res["focus"]["grid"] == [1, 4, 4] and res["focus"]["clips"] == 16
+    assert res["focus"]["ratio"] > 1.5, res["focus"]
+    assert res["arrow"]["top1"] == pytest.approx(50.0), res["arrow"]
+
+
 def test_a_config_of_another_dataset_is_diagnosed_on_shapes_and_says_so():
     cfg = load_config(None, [*TINY_SHAPES, "dataset=synthetic"])
     torch.manual_seed(0)
