@@ -244,21 +244,26 @@ def plan_runs(
 
 
 def _train_and_probe(overrides: list[str]) -> dict:
-    """Real run: :func:`ctrlaug.train.train` then :func:`ctrlaug.train.run_probe`."""
+    """Real run: :func:`ctrlaug.train.train`, then :func:`ctrlaug.train.run_probe` (every factor;
+    ``<run>/probe.json`` is written as by the demo)."""
     from ctrlaug.config import load_config
-    from ctrlaug.train import run_probe, train
+    from ctrlaug.train import run_probe, train, write_probe
 
     cfg = load_config(None, overrides)
     result = train(cfg)
     trainer = result["trainer"]
+    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = run_probe(cfg, trainer.obj.encoder, trainer.device)
+    write_probe(cfg, res, time.perf_counter() - t0)
     return {
         "top1": float(res["trained"]["top1"]),
         "train_top1": float(res["trained"].get("train_top1", float("nan"))),
         "random_top1": float(res["random_init"]["top1"]),
         "steps": int(result["steps"]),
+        "primary": res.get("primary"),
+        "factors": res.get("factors"),
     }
 
 
@@ -280,6 +285,8 @@ def run_one(plan: dict, table: str) -> dict:
         "random_top1": res.get("random_top1"),
         "train_top1": res.get("train_top1"),
         "steps": res.get("steps"),
+        "primary": res.get("primary"),
+        "factors": res.get("factors"),
         "wall_s": round(time.perf_counter() - t0, 1),
         "overrides": list(plan["overrides"]),
     }

@@ -72,7 +72,7 @@ class TrainConfig:
     threads: int = opt(0, "torch CPU threads per process (0 = torch's default)", min=0)
 
     # ---- data -----------------------------------------------------------------------------------
-    dataset: str = opt("synthetic", "pretraining dataset format", choices=DATASETS)
+    dataset: str = opt("shapes", "pretraining dataset format", choices=DATASETS)
     data_root: str = opt("", "dataset root (videos + split files, or a CSV for 'csv'); unused for synthetic")
     split: str = opt("train", "split to pretrain on")
     fold: int = opt(1, "official split number for ucf101 / hmdb51 (paper: split 1)", min=1)

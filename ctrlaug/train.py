@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import sys
@@ -146,6 +147,7 @@ def build_train_dataset(cfg: TrainConfig, split: str | None = None, mode: str = 
         data=_data_config(cfg),
         mode=mode,
         synth=cfg.synthetic,
+        shapes=cfg.shapes,
         **kw,
     )
 
@@ -607,16 +609,68 @@ def probe_datasets(cfg: TrainConfig):
 
 
 def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) -> dict:
-    """Linear probe of ``encoder`` and of a random-init encoder of the same architecture."""
-    from ctrlaug.probe import linear_probe
+    """Linear probe of every labelled factor, for ``encoder`` and for a random-init encoder of the
+    same architecture (seeded ``cfg.seed + 1``).
+
+    Returns ``{"primary", "factors": {factor: {"trained", "random_init", "chance", "trained_train"}},
+    "trained": {...}, "random_init": {...}}``; the last two hold the primary factor's
+    ``top1``/``train_top1`` and the probe set sizes.
+    """
+    from ctrlaug.probe import factor_probe
 
     train_set, test_set = probe_datasets(cfg)
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
-    trained = linear_probe(encoder, train_set, test_set, **kw)
+    trained = factor_probe(encoder, train_set, test_set, **kw)
     torch.manual_seed(cfg.seed + 1)
     rand = build_encoder(cfg.arch, cfg.width).to(device)
-    random_init = linear_probe(rand, train_set, test_set, **kw)
-    return {"trained": trained, "random_init": random_init}
+    random_init = factor_probe(rand, train_set, test_set, **kw)
+    primary = train_set.primary_factor
+    sizes = {"num_train": len(train_set), "num_test": len(test_set)}
+    return {
+        "primary": primary,
+        "factors": {
+            f: {
+                "trained": trained[f]["top1"],
+                "random_init": random_init[f]["top1"],
+                "chance": trained[f]["chance"],
+                "trained_train": trained[f]["train_top1"],
+            }
+            for f in trained
+        },
+        "trained": {**trained[primary], **sizes},
+        "random_init": {**random_init[primary], **sizes},
+    }
+
+
+def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
+    """Print the per-factor probe and write ``<out_dir>/probe.json`` (and ``probe.txt``)."""
+    tr = res["trained"]
+    lines = [
+        f"linear probe on {cfg.dataset}/{cfg.probe_split} ({tr['num_train']} train / {tr['num_test']} test "
+        f"videos, {seconds:.0f}s), top-1 %:",
+        f"  {'factor':<12} {'trained':>8} {'random-init':>12} {'chance':>7}",
+    ]
+    for f, r in res["factors"].items():
+        tag = "  (primary)" if f == res["primary"] else ""
+        lines.append(f"  {f:<12} {r['trained']:>8.1f} {r['random_init']:>12.1f} {r['chance']:>7.1f}{tag}")
+    msg = "\n".join(lines)
+    print(msg)
+    with open(os.path.join(cfg.out_dir, "probe.txt"), "w") as f:
+        f.write(msg + "\n")
+    out = {
+        "primary": res["primary"],
+        "factors": {
+            f: {k: round(r[k], 2) for k in ("trained", "random_init", "chance")}
+            for f, r in res["factors"].items()
+        },
+        "num_train": tr["num_train"],
+        "num_test": tr["num_test"],
+    }
+    path = os.path.join(cfg.out_dir, "probe.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def _parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
@@ -687,15 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 res = run_probe(cfg, trainer.obj.encoder, trainer.device)
-            tr, rd = res["trained"], res["random_init"]
-            msg = (
-                f"linear probe on {cfg.dataset}/{cfg.probe_split} ({tr['num_train']} train / {tr['num_test']} test "
-                f"videos, {time.perf_counter() - t1:.0f}s): top-1 trained encoder {tr['top1']:.1f}% | "
-                f"random-init encoder {rd['top1']:.1f}%"
-            )
-            print(msg)
-            with open(os.path.join(cfg.out_dir, "probe.txt"), "w") as f:
-                f.write(msg + "\n")
+            write_probe(cfg, res, time.perf_counter() - t1)
         print(f"[ctrlaug.train] total {time.perf_counter() - t0:.0f}s; run folder {cfg.out_dir}")
     if cdist.is_dist():
         cdist.barrier()

@@ -64,13 +64,13 @@ class ShapesConfig:
 
     num_shapes: int = 8  # first N of SHAPES (2..8): the primary label
     num_motions: int = 4  # first N of MOTIONS (2 or 4)
-    train_per_class: int = 64  # train videos per shape
+    train_per_class: int = 32  # train videos per shape
     test_per_class: int = 32  # test videos per shape
     num_frames: int = 32  # frames per video
     size: int = 64  # frame height = width (even, for 4:2:0 mp4)
-    object_size: tuple[float, float] = (0.4, 0.55)  # object diameter range, fraction of the frame
-    travel: tuple[float, float] = (0.15, 0.35)  # straight-line path over the video, fraction of the frame
-    max_rotation: float = 20.0  # degrees; larger would turn squares into diamonds
+    object_size: tuple[float, float] = (0.5, 0.6)  # object diameter range, fraction of the frame
+    travel: tuple[float, float] = (0.1, 0.3)  # straight-line path over the video, fraction of the frame
+    max_rotation: float = 0.0  # degrees (<= 20, or squares turn into diamonds); 0 = upright
     background_contrast: float = 40.0  # peak-to-peak grey levels of the background texture
     noise: float = 3.0  # std of per-frame pixel noise (0 disables)
     fps: int = 25  # frame rate written to mp4
