@@ -270,6 +270,53 @@ def _train_and_probe(overrides: list[str]) -> dict:
 #: The function that trains and probes one run (tests replace it with a fast fake).
 TRAIN_FN: Callable[[list[str]], dict] = _train_and_probe
 
+#: Held-out videos the mechanism diagnostics use per run (ctrlaug.diagnose).
+DIAGNOSE_VIDEOS = 256
+
+
+def compact_diagnostics(d: dict) -> dict:
+    """The numbers of a :func:`ctrlaug.diagnose.diagnose` result that the tables show (%, ratio)."""
+    return {
+        "level": d["level"]["mean_top1"],
+        "level_chance": d["level"]["mean_chance"],
+        "arrow": d["arrow"]["top1"],
+        "focus": d["focus"]["ratio"],
+        "factors_knn": {k: v["knn"] for k, v in d["factors"].items()},
+    }
+
+
+def _diagnose_dir(d: str, cfg, encoder) -> dict:
+    from ctrlaug.diagnose import diagnose, to_markdown
+
+    full = diagnose(encoder, cfg, videos=DIAGNOSE_VIDEOS, seed=cfg.seed)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "diagnose.json"), "w") as f:
+        json.dump(full, f, indent=1)
+    with open(os.path.join(d, "diagnose.md"), "w") as f:
+        f.write(to_markdown(full))
+    return compact_diagnostics(full)
+
+
+def diagnose_run(run_folder: str) -> dict:
+    """Mechanism diagnostics of a finished run's encoder (its newest checkpoint); also written to
+    ``<run>/diagnose.json`` and ``.md``."""
+    from ctrlaug.evaluate import load_encoder
+
+    enc, cfg, _ = load_encoder(run_folder, None, False)
+    return _diagnose_dir(run_folder, cfg, enc)
+
+
+def diagnose_random(overrides: list[str], folder: str) -> dict:
+    """The same diagnostics for the random-init encoder the probe compares against (seed + 1)."""
+    import torch
+
+    from ctrlaug.config import load_config
+    from ctrlaug.models import build_encoder
+
+    cfg = load_config(None, overrides)
+    torch.manual_seed(cfg.seed + 1)
+    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width))
+
 
 def run_one(plan: dict, table: str) -> dict:
     """Train + probe one run and write its ``result.json`` at once; returns the result."""
@@ -290,11 +337,7 @@ def run_one(plan: dict, table: str) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
         "overrides": list(plan["overrides"]),
     }
-    path = os.path.join(plan["dir"], "result.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, path)
+    _write_result(plan["dir"], out)
     return out
 
 
@@ -310,15 +353,18 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
     """Mean ± std over seeds per row, random-init baseline and the rank correlation with the paper."""
     rows = []
     randoms: dict[int, float] = {}
+    random_results: dict[int, dict] = {}
     for row in TABLES[table]:
-        accs = []
+        accs, results = [], []
         for seed in seeds:
             r = _load_result(run_dir(out, table, row, seed))
             if r is None:
                 continue
             accs.append(float(r["top1"]))
+            results.append(r)
             if r.get("random_top1") is not None and seed not in randoms:
                 randoms[seed] = float(r["random_top1"])
+                random_results[seed] = r
         mean, std = _mean_std(accs)
         rows.append(
             {
@@ -330,22 +376,47 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
                 "std": std,
                 "paper_ucf101": row.ucf101,
                 "paper_hmdb51": row.hmdb51,
+                **_extras(results, "trained"),
             }
         )
     have = [r for r in rows if r["mean"] is not None]
     rho_ucf = spearman([r["mean"] for r in have], [r["paper_ucf101"] for r in have])
     rho_hmdb = spearman([r["mean"] for r in have], [r["paper_hmdb51"] for r in have])
     rmean, rstd = _mean_std(list(randoms.values()))
+    rand = []
+    for k in seeds:
+        d = _load_result(os.path.join(out, table, "random_init", f"seed{k}")) or {}
+        rand.append(
+            {"factors": random_results.get(k, {}).get("factors"), "diagnostics": d.get("diagnostics")}
+        )
     return {
         "table": table,
         "title": TABLE_TITLES[table],
         "seeds": list(seeds),
         "rows": rows,
-        "random_init": {"mean": rmean, "std": rstd, "n": len(randoms)},
+        "random_init": {"mean": rmean, "std": rstd, "n": len(randoms), **_extras(rand, "random_init")},
         "spearman_ucf101": rho_ucf,
         "spearman_hmdb51": rho_hmdb,
         "rows_compared": len(have),
     }
+
+
+DIAG_COLUMNS = ("level", "arrow", "focus")
+
+
+def _extras(results: list[dict], which: str) -> dict:
+    """Per-factor probe and diagnostic values over seeds: ``{"factors": {f: [..]}, "diag": {k: [..]}}``."""
+    factors: dict[str, list[float]] = {}
+    diag: dict[str, list[float]] = {k: [] for k in DIAG_COLUMNS}
+    for r in results:
+        for f, v in (r.get("factors") or {}).items():
+            factors.setdefault(f, []).append(float(v[which]))
+        d = r.get("diagnostics")
+        if d:
+            for k in DIAG_COLUMNS:
+                if d.get(k) is not None:
+                    diag[k].append(float(d[k]))
+    return {"factors": factors, "diag": diag}
 
 
 def _fmt(m: float | None, s: float | None) -> str:
@@ -399,7 +470,40 @@ def to_markdown(summary: dict) -> str:
         ordering_sentence(summary),
         "",
     ]
+    lines += _factor_table(summary)
     return "\n".join(lines)
+
+
+def _ms(xs: list[float] | None, digits: int = 1) -> str:
+    m, s = _mean_std(xs or [])
+    if m is None:
+        return "—"
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _factor_table(summary: dict) -> list[str]:
+    """Every factor's probe and the mechanism diagnostics per row (mean ± std over seeds)."""
+    everyone = [*summary["rows"], {"label": "random init", **summary["random_init"]}]
+    factors: list[str] = []
+    for r in everyone:
+        factors += [f for f in r.get("factors", {}) if f not in factors]
+    if not factors:
+        return []
+    head = ["row", *factors, "level decodability (L_mi: lower)", "arrow of time (L_td: higher)", "CAAM focus"]
+    lines = [
+        "Every factor's linear-probe top-1 (%) and the mechanism diagnostics (ctrlaug.diagnose, "
+        "docs/diagnostics.md): tau_l level decodability (mean over its components, %), arrow of "
+        "time (%, chance 50) and the CAAM focus ratio on the moving object (1 = no preference).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in everyone:
+        d = r.get("diag", {})
+        cells = [_ms(r.get("factors", {}).get(f)) for f in factors]
+        cells += [_ms(d.get("level")), _ms(d.get("arrow")), _ms(d.get("focus"), 2)]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _plot(summary: dict, path: str) -> str | None:
@@ -468,8 +572,10 @@ def run_table(
     extra: Sequence[str] = (),
     plot: bool = True,
     rows: Sequence[str] | None = None,
+    diagnose: bool = True,
 ) -> dict:
-    """Run every missing (row, seed) of ``table`` (or of ``rows``), then write and return the summary.
+    """Run every missing (row, seed) of ``table`` (or of ``rows``), add the mechanism diagnostics
+    to every finished run that lacks them (``diagnose=True``), then write and return the summary.
 
     The summary always lists every row of the table; rows without results show as missing.
     """
@@ -482,11 +588,43 @@ def run_table(
         print(f"{tag}: training into {p['dir']}", flush=True)
         r = run_one(p, table)
         print(f"{tag}: top-1 {r['top1']:.1f}% (random init {r['random_top1']:.1f}%) in {r['wall_s']:.0f}s")
+    if diagnose:
+        add_diagnostics(plans, table, out)
     summary = summarise(table, seeds, out)
     paths = write_summary(summary, out, plot=plot)
     print(to_markdown(summary))
     print(f"[ctrlaug.ablate] wrote {', '.join(paths.values())}")
     return summary
+
+
+def _write_result(d: str, res: dict) -> None:
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "result.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def add_diagnostics(plans: list[dict], table: str, out: str) -> None:
+    """Diagnose every finished run of ``plans`` whose ``result.json`` has no diagnostics yet, and
+    the random-init encoder of every seed (``<out>/<table>/random_init/seed<k>/``); resumable."""
+    for p in plans:
+        res = _load_result(p["dir"])
+        if res is not None and not res.get("diagnostics"):
+            print(f"[ctrlaug.ablate] diagnosing {p['dir']}", flush=True)
+            res["diagnostics"] = DIAGNOSE_FN(p["dir"])
+            _write_result(p["dir"], res)
+    for seed in sorted({p["seed"] for p in plans}):
+        d = os.path.join(out, table, "random_init", f"seed{seed}")
+        if _load_result(d) is None:
+            first = next(p for p in plans if p["seed"] == seed)
+            print(f"[ctrlaug.ablate] diagnosing the random-init encoder of seed {seed}", flush=True)
+            _write_result(d, {"seed": seed, "diagnostics": DIAGNOSE_RANDOM_FN(first["overrides"], d)})
+
+
+#: Diagnostics of a finished run and of the random-init encoder (tests replace them with fakes).
+DIAGNOSE_FN: Callable[[str], dict] = diagnose_run
+DIAGNOSE_RANDOM_FN: Callable[[list[str], str], dict] = diagnose_random
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -502,6 +640,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     p.add_argument("--rows", default="", help="comma-separated row slugs or labels to run (default: all)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG bar chart")
+    p.add_argument("--no-diagnose", action="store_true", help="skip the mechanism diagnostics of each run")
     p.add_argument("overrides", nargs="*", help="key=value training overrides applied to every run")
     return p
 
@@ -543,7 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             state = "done" if p["done"] else "todo"
             print(f"  [{state}] {p['row'].label} seed {p['seed']} -> {p['dir']}: {' '.join(p['overrides'])}")
         return 0
-    run_table(args.table, seeds, args.out, extra, plot=not args.no_plot, rows=rows)
+    run_table(
+        args.table, seeds, args.out, extra, plot=not args.no_plot, rows=rows, diagnose=not args.no_diagnose
+    )
     return 0
 
 

@@ -11,6 +11,24 @@ from ctrlaug import ablate
 from ctrlaug.config import load_config
 
 
+def _fake_diag(seed: int, base: float) -> dict:
+    return {"level": base + seed, "level_chance": 30.0, "arrow": 50.0 + seed, "focus": 1.0 + seed / 10}
+
+
+@pytest.fixture(autouse=True)
+def fake_diagnostics(monkeypatch):
+    """The runner's diagnostics are faked unless a test restores the real ones."""
+    calls = []
+
+    def run(d):
+        calls.append(d)
+        return _fake_diag(int(d.rstrip(os.sep)[-1]), 40.0)
+
+    monkeypatch.setattr(ablate, "DIAGNOSE_FN", run)
+    monkeypatch.setattr(ablate, "DIAGNOSE_RANDOM_FN", lambda ov, d: _fake_diag(int(d[-1]), 60.0))
+    return calls
+
+
 @pytest.mark.parametrize("table", sorted(ablate.TABLES))
 def test_every_row_is_a_valid_config(table, tmp_path):
     rows = ablate.TABLES[table]
@@ -154,16 +172,47 @@ def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
 TINY = [*BASE_TINY, "probe_epochs=5", "probe_clips=1"]
 
 
+def test_diagnostics_added_once_and_summarised(tmp_path, monkeypatch, fake_diagnostics):
+    def fake(overrides):
+        cfg = load_config(None, overrides)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        f = {"shape": {"trained": 70.0 + cfg.seed, "random_init": 30.0, "chance": 12.5}}
+        return {"top1": 70.0 + cfg.seed, "random_top1": 30.0, "steps": 1, "primary": "shape", "factors": f}
+
+    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    out = str(tmp_path)
+    argv = ["table7", "--seeds", "0,1", "--out", out, "--no-plot", "--rows", "l_nce"]
+    assert ablate.main(argv) == 0
+    assert len(fake_diagnostics) == 2
+    res = json.load(open(tmp_path / "table7" / "l_nce" / "seed1" / "result.json"))
+    assert res["diagnostics"]["level"] == 41.0 and res["factors"]["shape"]["trained"] == 71.0
+    assert ablate.main(argv) == 0 and len(fake_diagnostics) == 2  # not diagnosed twice
+    md = open(tmp_path / "table7.md").read()
+    # row: shape 70.5 ± 0.7, level 40.5 ± 0.7, arrow 50.5 ± 0.7, focus 1.05 ± 0.07
+    assert "| L_nce | 70.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
+    # the random-init encoder: its probe values and its own diagnostics
+    assert "| random init | 30.0 ± 0.0 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
+    # --no-diagnose leaves new runs without diagnostics
+    argv2 = ["table7", "--seeds", "2", "--out", out, "--no-plot", "--rows", "l_nce", "--no-diagnose"]
+    assert ablate.main(argv2) == 0 and len(fake_diagnostics) == 2
+
+
 def test_tiny_real_run_end_to_end(tmp_path, monkeypatch):
-    # One real row of Table 7 (L_rc only), one seed, one epoch.
+    # One real row of Table 7 (L_rc only), one seed, one epoch, with the real diagnostics.
     real = {"table7": [ablate.TABLES["table7"][1]]}
     monkeypatch.setattr(ablate, "TABLES", {**ablate.TABLES, **real})
+    monkeypatch.setattr(ablate, "DIAGNOSE_FN", ablate.diagnose_run)
+    monkeypatch.setattr(ablate, "DIAGNOSE_RANDOM_FN", ablate.diagnose_random)
+    monkeypatch.setattr(ablate, "DIAGNOSE_VIDEOS", 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert ablate.main(["table7", "--seeds", "0", "--out", str(tmp_path), "--epochs", "1", *TINY]) == 0
     res = json.load(open(tmp_path / "table7" / "l_rc" / "seed0" / "result.json"))
     assert 0.0 <= res["top1"] <= 100.0 and 0.0 <= res["random_top1"] <= 100.0 and res["steps"] >= 1
     assert "epochs=1" in res["overrides"]
+    assert 0.0 <= res["diagnostics"]["arrow"] <= 100.0 and res["diagnostics"]["focus"] > 0
+    assert (tmp_path / "table7" / "l_rc" / "seed0" / "diagnose.json").exists()
+    assert (tmp_path / "table7" / "random_init" / "seed0" / "diagnose.json").exists()
     assert (tmp_path / "table7.md").exists()
 
 

@@ -2,6 +2,7 @@
 
 # A run of a few seconds: 8 two-class synthetic videos, 32x32 views of 8 frames, K=2, width 1/16.
 TINY = [
+    "dataset=synthetic",
     "width=0.0625",
     "synthetic.num_classes=2",
     "synthetic.train_per_class=4",
