@@ -210,11 +210,15 @@ def run_overrides(row: Row, seed: int, out_dir: str, extra: Sequence[str] = ()) 
 
 
 def select_rows(table: str, rows: Sequence[str] | None = None) -> list[Row]:
-    """Rows of ``table`` named in ``rows`` (labels or slugs, any case); all rows when None/empty."""
+    """Rows of ``table`` named in ``rows`` (labels or slugs, any case), in that order; all rows
+    (in the table's order) when None/empty."""
     if not rows:
         return list(TABLES[table])
-    want = {r.strip().lower() for r in rows if r.strip()}
-    picked = [r for r in TABLES[table] if r.label.lower() in want or r.slug in want]
+    want = [r.strip().lower() for r in rows if r.strip()]
+    # in the order asked for (the most informative runs first), each row once
+    picked = [r for w in want for r in TABLES[table] if w in (r.label.lower(), r.slug)]
+    picked = [r for i, r in enumerate(picked) if r not in picked[:i]]
+    want = set(want)
     known = {r.label.lower() for r in picked} | {r.slug for r in picked}
     missing = sorted(want - known)
     if missing:
