@@ -264,6 +264,19 @@ class VideoReader:
                 out[k] = out[ks[0]]
         return out
 
+    def frames(self):
+        """Every frame of the file from the start, in presentation order, as PyAV ``VideoFrame``s
+        (the window is not applied): the input of a transcode or a full decode check. Decoding
+        errors raise :class:`BadVideoError`."""
+        c, st = self._container, self._stream
+        try:
+            c.seek(0)
+            for frame in c.decode(st):
+                self.frames_decoded += 1
+                yield frame
+        except self._av.FFmpegError as e:
+            raise BadVideoError(self.path, f"decoding failed ({type(e).__name__}: {e})") from None
+
     def close(self) -> None:
         if self._container is not None:
             self._container.close()
