@@ -283,6 +283,8 @@ def compact_diagnostics(d: dict) -> dict:
     return {
         "level": d["level"]["mean_top1"],
         "level_chance": d["level"]["mean_chance"],
+        "lowlevel": d["level"]["applied"]["mean_top1"],
+        "lowlevel_chance": d["level"]["applied"]["mean_chance"],
         "arrow": d["arrow"]["top1"],
         "focus": d["focus"]["ratio"],
         "factors_knn": {k: v["knn"] for k, v in d["factors"].items()},
@@ -405,7 +407,7 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
     }
 
 
-DIAG_COLUMNS = ("level", "arrow", "focus")
+DIAG_COLUMNS = ("lowlevel", "level", "arrow", "focus")
 
 
 def _extras(results: list[dict], which: str) -> dict:
@@ -493,11 +495,20 @@ def _factor_table(summary: dict) -> list[str]:
         factors += [f for f in r.get("factors", {}) if f not in factors]
     if not factors:
         return []
-    head = ["row", *factors, "level decodability (L_mi: lower)", "arrow of time (L_td: higher)", "CAAM focus"]
+    head = [
+        "row",
+        *factors,
+        "applied low-level (L_mi: lower)",
+        "L_mi level bins",
+        "arrow of time (L_td: higher)",
+        "CAAM focus",
+    ]
     lines = [
         "Every factor's linear-probe top-1 (%) and the mechanism diagnostics (ctrlaug.diagnose, "
-        "docs/diagnostics.md): tau_l level decodability (mean over its components, %), arrow of "
-        "time (%, chance 50) and the CAAM focus ratio on the moving object (1 = no preference).",
+        "docs/diagnostics.md): decodability of the low-level transform applied to a view (mean over "
+        "brightness, contrast, saturation, hue, blur; 4 equal-count bins, chance 25%) and of the L_mi "
+        "level bins, the arrow of time (%, chance 50) and the CAAM focus ratio on the moving object "
+        "(1 = no preference).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -505,7 +516,7 @@ def _factor_table(summary: dict) -> list[str]:
     for r in everyone:
         d = r.get("diag", {})
         cells = [_ms(r.get("factors", {}).get(f)) for f in factors]
-        cells += [_ms(d.get("level")), _ms(d.get("arrow")), _ms(d.get("focus"), 2)]
+        cells += [_ms(d.get("lowlevel")), _ms(d.get("level")), _ms(d.get("arrow")), _ms(d.get("focus"), 2)]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -80,6 +80,8 @@ __all__ = [
     "reverse_clip",
     "video_split",
     "level_decodability",
+    "applied_decodability",
+    "quantile_bins",
     "reversal_decodability",
     "masks_to_grid",
     "focus_ratio",
@@ -88,6 +90,8 @@ __all__ = [
 ]
 
 LEVEL_COMPONENTS = ("brightness", "contrast", "saturation", "hue", "blur")  # level_components order
+APPLIED = ("brightness", "contrast", "saturation", "hue", "blur_sigma")  # LowLevelParams fields
+APPLIED_BINS = 4
 _POSITIVE_MOTIONS = ("right", "down")  # displayed-direction label 1; their time reverses get 0
 
 
@@ -139,6 +143,46 @@ def level_decodability(
         feats[te].flatten(0, 1),
         {k: v[te].flatten() for k, v in comps.items()},
         counts,
+        epochs=epochs,
+        seed=seed,
+    )
+
+
+def quantile_bins(values: torch.Tensor, bins: int = APPLIED_BINS) -> torch.Tensor:
+    """int64 bin of every value among ``bins`` equal-count bins of ``values`` (ties share a bin)."""
+    edges = torch.quantile(
+        values.double().flatten(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+    )
+    return torch.bucketize(values.double(), edges, right=True).to(torch.int64)
+
+
+def applied_decodability(
+    feats: torch.Tensor,
+    params,
+    train: torch.Tensor,
+    *,
+    bins: int = APPLIED_BINS,
+    epochs: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Linear decodability of the low-level transform *actually applied* to every view.
+
+    The L_mi labels (:func:`level_decodability`) bin the unsigned strength, which a linear probe
+    cannot read (brighter and darker share a bin). Here each applied value of
+    :class:`~ctrlaug.augment.LowLevelParams` (signed brightness, contrast and saturation factors,
+    the signed hue shift, the blur sigma) is cut into ``bins`` equal-count bins over the held-out
+    views: what a low-level shortcut could use. feats float [N, V, C]; params fields [N * V];
+    train bool [N]. Returns ``{field: {"top1", "train_top1", "chance"}}`` (%).
+    """
+    N, V = feats.shape[:2]
+    labels = {k: quantile_bins(getattr(params, k).reshape(N, V), bins) for k in APPLIED}
+    tr, te = train.bool(), ~train.bool()
+    return fit_factor_probes(
+        feats[tr].flatten(0, 1),
+        {k: v[tr].flatten() for k, v in labels.items()},
+        feats[te].flatten(0, 1),
+        {k: v[te].flatten() for k, v in labels.items()},
+        dict.fromkeys(APPLIED, bins),
         epochs=epochs,
         seed=seed,
     )
@@ -341,7 +385,7 @@ def diagnose(
         encoder.train(was)
     half = video_split(n_te, seed)
     with _single_thread():
-        level, arrow, factors = _probes(te, lev, half, tr_x, tr_y, aug, shapes, probe_epochs, seed)
+        level, arrow, factors = _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, probe_epochs, seed)
     grid = tuple(te["maps"].shape[1:])
     foc = focus_ratio(te["maps"], masks_to_grid(te["masks"], grid))
     ok = torch.isfinite(foc["ratio"])
@@ -376,11 +420,15 @@ def diagnose(
     return res
 
 
-def _probes(te, lev, half, tr_x, tr_y, aug, shapes, epochs, seed):
+def _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, epochs, seed):
     """The level, arrow and factor probes of :func:`diagnose` on extracted features."""
     level = level_decodability(te["levels"], lev, half, aug, epochs=epochs, seed=seed)
     level["mean_top1"] = float(np.mean([level[k]["top1"] for k in LEVEL_COMPONENTS]))
     level["mean_chance"] = float(np.mean([level[k]["chance"] for k in LEVEL_COMPONENTS]))
+    applied = applied_decodability(te["levels"], params, half, epochs=epochs, seed=seed)
+    applied["mean_top1"] = float(np.mean([applied[k]["top1"] for k in APPLIED]))
+    applied["mean_chance"] = float(np.mean([applied[k]["chance"] for k in APPLIED]))
+    level["applied"] = applied
     positive = torch.tensor([MOTIONS[m] in _POSITIVE_MOTIONS for m in te["factors"]["motion"].tolist()])
     arrow = reversal_decodability(te["fwd"], te["rev"], positive.long(), half, epochs=epochs, seed=seed)
     num_classes = {k: len(v) for k, v in shapes.factor_values.items()}
@@ -444,7 +492,8 @@ def _fmt(x: float | None, digits: int) -> str:
 def summary_line(res: dict) -> str:
     lv, fo = res["level"], res["focus"]
     return (
-        f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | arrow "
+        f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | applied low-level "
+        f"{lv['applied']['mean_top1']:.1f}% (chance {lv['applied']['mean_chance']:.1f}) | arrow "
         f"{res['arrow']['top1']:.1f}% (chance 50) | focus {_fmt(fo['ratio'], 2)} | "
         + " ".join(f"{k} {v['linear']:.1f}/{v['knn']:.1f}" for k, v in res["factors"].items())
         + f" (linear/knn %) | {res['seconds']:.1f} s"
@@ -477,6 +526,18 @@ def to_markdown(res: dict) -> str:
     ]
     lines += [
         f"| mean | {lv['mean_top1']:.1f} | | {lv['mean_chance']:.1f} |",
+        "",
+        f"Applied low-level values ({APPLIED_BINS} equal-count bins of the signed factor actually "
+        "applied to each view; a linear probe can read these, unlike the unsigned L_mi bins above):",
+        "",
+        "| value | test top-1 % | train top-1 % | chance % |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {lv['applied'][k]['top1']:.1f} | {lv['applied'][k]['train_top1']:.1f} | "
+            f"{lv['applied'][k]['chance']:.1f} |"
+            for k in APPLIED
+        ],
+        f"| mean | {lv['applied']['mean_top1']:.1f} | | {lv['applied']['mean_chance']:.1f} |",
         "",
         "## L_td: arrow of time (clip vs its time reversal; higher = order-aware)",
         "",

@@ -12,7 +12,12 @@ from ctrlaug.config import load_config
 
 
 def _fake_diag(seed: int, base: float) -> dict:
-    return {"level": base + seed, "level_chance": 30.0, "arrow": 50.0 + seed, "focus": 1.0 + seed / 10}
+    return {
+        "lowlevel": base - 10 + seed,
+        "level": base + seed,
+        "arrow": 50.0 + seed,
+        "focus": 1.0 + seed / 10,
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -189,9 +194,9 @@ def test_diagnostics_added_once_and_summarised(tmp_path, monkeypatch, fake_diagn
     assert ablate.main(argv) == 0 and len(fake_diagnostics) == 2  # not diagnosed twice
     md = open(tmp_path / "table7.md").read()
     # row: shape 70.5 ± 0.7, level 40.5 ± 0.7, arrow 50.5 ± 0.7, focus 1.05 ± 0.07
-    assert "| L_nce | 70.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
+    assert "| L_nce | 70.5 ± 0.7 | 30.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
     # the random-init encoder: its probe values and its own diagnostics
-    assert "| random init | 30.0 ± 0.0 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
+    assert "| random init | 30.0 ± 0.0 | 50.5 ± 0.7 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
     # --no-diagnose leaves new runs without diagnostics
     argv2 = ["table7", "--seeds", "2", "--out", out, "--no-plot", "--rows", "l_nce", "--no-diagnose"]
     assert ablate.main(argv2) == 0 and len(fake_diagnostics) == 2

@@ -80,6 +80,31 @@ def test_features_that_encode_the_level_decode_it_and_random_features_do_not():
         assert 20 <= rand[k]["chance"] <= 60, (k, rand[k])  # 4 bins (hue: 2), majority rate
 
 
+def test_applied_values_decode_from_features_that_carry_them_linearly():
+    from ctrlaug.augment import sample_level_params
+    from ctrlaug.diagnose import APPLIED, applied_decodability, quantile_bins
+
+    aug = AugmentConfig()
+    n, v = 160, 4
+    lev = _levels(n, v, aug)
+    p = sample_level_params(lev.flatten(), aug, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    # a linear read-out of the signed values: what a brightness shortcut looks like
+    values = torch.stack([getattr(p, k).float() for k in APPLIED], -1).view(n, v, len(APPLIED))
+    values = (values - values.mean((0, 1))) / values.std((0, 1))
+    carries = torch.cat([values, 0.01 * torch.randn(n, v, 8, generator=g)], -1)
+    train = video_split(n, 0)
+    good = applied_decodability(carries, p, train)
+    rand = applied_decodability(torch.randn(n, v, 13, generator=g), p, train)
+    for k in APPLIED:
+        assert good[k]["top1"] > 55, (k, good[k])  # 4 ordered bins of a linear value (chance 25)
+        assert rand[k]["top1"] < 40, (k, rand[k])
+        assert good[k]["chance"] == pytest.approx(25.0, abs=8)  # equal-count bins
+    # equal-count bins: every bin holds a quarter of the values, in order
+    b = quantile_bins(torch.arange(100.0))
+    assert torch.equal(torch.bincount(b), torch.full((4,), 25)) and torch.equal(b, b.sort().values)
+
+
 def test_level_probe_splits_by_video_and_checks_shapes():
     train = video_split(10, 3)
     assert train.sum() == 5 and not torch.equal(train, video_split(10, 4))
@@ -180,6 +205,7 @@ def test_bad_path_is_one_error_line_with_exit_code_2(tmp_path):
 
 
 def _in_range(res: dict) -> None:
+    assert 0 <= res["level"]["applied"]["mean_top1"] <= 100
     for k in (*LEVEL_COMPONENTS, "mean_top1", "mean_chance"):
         vals = [res["level"][k]] if k.startswith("mean") else res["level"][k].values()
         assert all(0 <= x <= 100 for x in vals), (k, res["level"][k])
