@@ -151,7 +151,11 @@ class TrainConfig:
 
     # ---- L_td: local-global temporal dependency (eq. 7) -----------------------------------------
     td: bool = opt(True, "enable L_td")
-    td_weight: float = opt(0.1, "weight of L_td", min=0.0)
+    td_weight: float = opt(
+        0.01,
+        "weight of L_td (paper: unspecified; 0.01 chosen on the shapes val split, docs/benchmark.md)",
+        min=0.0,
+    )
     td_head: str = opt("gru", "order head (Table 6)", choices=("gru", "mlp", "gru_mlp", "vcop"))
     td_hidden: int = opt(128, "hidden width of the order head (GRU state / MLP)", min=1)
     td_tau: float = opt(0.1, "temperature of the GRU head's cosine score", min=1e-6)
