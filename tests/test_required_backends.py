@@ -71,3 +71,11 @@ def test_without_the_extension_the_cpp_op_tests_fail_when_required():
     env[_registry.REQUIRE_ENV] = ""
     lax = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert lax.returncode == 0 and "1 skipped" in lax.stdout, lax.stdout[-2000:]
+
+
+@pytest.mark.parametrize("op", ["correspondence", "region_contrast_fwd"])
+def test_auto_picks_the_built_cpp_kernel_on_cpu(op):
+    """backend="auto" falls back to the reference only when cpp cannot run (a silent fallback
+    would keep every result right and make training materialise the logits)."""
+    skip_unless("cpp", torch.device("cpu"), op)
+    assert _registry.resolve("auto", torch.device("cpu"), op) == "cpp"

@@ -233,3 +233,41 @@ def test_mid_epoch_resume_restores_scheduler_and_both_optimizers(tmp_path):
         for i in a:
             for name in ("exp_avg", "exp_avg_sq"):
                 assert torch.equal(a[i][name], b[i][name]), (which, i, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two optimizers' directions in the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def test_one_loop_step_moves_g_up_the_level_bound_and_the_encoder_down_the_mi_terms(tmp_path):
+    """After one step with L_mi alone, re-score the same batch and pairs: the new G_theta (old
+    encoder) raises the level bound; the new encoder (old G_theta) lowers level + local-global."""
+    cfg = tiny(tmp_path, "rc=false", "td=false", "lr=1e-4", "mi_lr=1e-4", "weight_decay=0")
+    tr = Trainer(cfg)
+    obj = tr.obj
+    seen = {}
+    _spy_forward(tr, lambda a: seen.setdefault("args", a) if "out" not in a else None)
+    batch = next(iter(tr.loader))
+    before = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    m = tr.run_step(batch)
+    after = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    a = seen["args"]
+    seed = train_mod._seed(cfg.seed, 1, 0)  # the pair-sampling seed of step 0
+
+    def score(encoder_from, g_from):
+        obj.load_state_dict({k: (g_from if k.startswith("mi.") else encoder_from)[k] for k in before})
+        with torch.no_grad():
+            out = obj(a["clips"], a["glob"], a["clip_boxes"], a["global_boxes"], a["levels"],
+                      batch["video_index"], seed)  # fmt: skip
+        return out["mi_level"].item(), out["mi_lg"].item()
+
+    lvl0, lg0 = score(before, before)
+    assert lvl0 == pytest.approx(m["mi_level"], rel=1e-5, abs=1e-6)  # same pairs as the step
+    lvl_g, _ = score(before, after)
+    lvl_e, lg_e = score(after, before)
+    print(
+        f"level bound {lvl0:.6f} -> new G {lvl_g:.6f}; level+lg {lvl0 + lg0:.6f} -> new encoder {lvl_e + lg_e:.6f}"
+    )
+    assert lvl_g > lvl0 + 1e-7  # theta ascends
+    assert lvl_e + lg_e < lvl0 + lg0 - 1e-7  # the encoder descends both
