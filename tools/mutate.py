@@ -55,7 +55,15 @@ PROTOCOLS = (
                      "evaluate_clips_softmax_average")
     ),
 )  # fmt: skip
-AUGMENT = ("tests/test_augment.py", "tests/test_train_wiring.py", "-k", "level or augment")
+AUGMENT = (
+    "tests/test_train_wiring.py::test_levels_handed_to_mi_are_the_levels_applied_to_those_views",
+    "tests/test_train_wiring.py::test_level_groups_do_not_depend_on_view_position",
+    *(
+        f"tests/test_augment.py::test_{name}"
+        for name in ("sample_levels_groups", "level_params_inside_their_bins", "level_params_keep_batch_shape",
+                     "low_level_matches_reference", "augment_batch_draws_levels_when_missing")
+    ),
+)  # fmt: skip
 REQUIRED = ("tests/test_required_backends.py",)
 
 L, OPS, AUG, TR, EV = (
@@ -227,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant's tests")
     ap.add_argument("--report", help="write a markdown table here")
     args = ap.parse_args(argv)
-    chosen = [m for m in MUTANTS if not args.ids or m.id in args.ids]
-    unknown = set(args.ids) - {m.id for m in MUTANTS}
+    by_id = {m.id: m for m in MUTANTS}
+    unknown = set(args.ids) - set(by_id)
     if unknown:
         ap.error(f"unknown mutant ids: {sorted(unknown)}")
+    chosen = [by_id[i] for i in dict.fromkeys(args.ids)] if args.ids else MUTANTS  # in the order given
     if args.list:
         for m in chosen:
             print(f"{m.id:4} {m.file:32} {m.note}")
