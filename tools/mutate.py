@@ -216,8 +216,8 @@ def run_mutant(root: str, m: Mutant, timeout: float) -> dict:
         status, test = "SURVIVED", ""
     elif rc == 1:
         status, test = "killed", _first_failure(out)
-    elif rc == -1:
-        status, test = "killed (timeout)", ""
+    elif rc == -1:  # an endless loop, or a machine too busy: rerun it alone before calling it killed
+        status, test = "timeout", ""
     else:  # 2 interrupted/collection error, 4 usage, 5 nothing collected
         status, test = f"error rc={rc}", _first_failure(out) or out.strip().splitlines()[-1:]
     return dict(id=m.id, status=status, test=test if isinstance(test, str) else " ".join(test), secs=secs)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_mutant(root, m, args.timeout)
         rows.append((m, r))
         print(f"{m.id:4} {r['status']:16} {r['secs']:5.0f}s  {m.note}  {r['test']}", flush=True)
-    survived = [m.id for m, r in rows if r["status"] != "killed" and not r["status"].startswith("killed")]
+    survived = [m.id for m, r in rows if r["status"] != "killed"]
     print(f"{len(rows) - len(survived)} of {len(rows)} killed; not killed: {', '.join(survived) or 'none'}")
     if args.report:
         with open(args.report, "w") as f:
