@@ -41,9 +41,14 @@ def test_global_path_shares_weights_and_leaves_module_unchanged():
     yc = enc(x)  # a clip call after a global call still uses the strided layout
     assert yg.shape[2] == 4 and yc.shape[2] == 1
     assert sum(p.numel() for p in enc.parameters()) == n_params
+    # conv1 of stage 4's first block sees gradient from both paths (it is one tensor): each path
+    # alone gives it a non-zero gradient, and the joint backward is their sum
+    w = enc.stages[3][0].conv1.weight
+    (g_glob,) = torch.autograd.grad(yg.sum(), w, retain_graph=True)
+    (g_clip,) = torch.autograd.grad(yc.sum(), w, retain_graph=True)
+    assert g_glob.abs().max() > 0 and g_clip.abs().max() > 0
     (yg.sum() + yc.sum()).backward()
-    # conv1 of stage 4's first block sees gradient from both paths (it is one tensor)
-    assert enc.stages[3][0].conv1.weight.grad is not None
+    torch.testing.assert_close(w.grad, g_glob + g_clip)
     strides = {m.stride for m in enc.modules() if isinstance(m, nn.Conv3d)}
     assert (2, 2, 2) in strides  # the module's own strides were never rewritten
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerance import assert_rule, device_for, skip_unless
+from tolerance import assert_rule, assert_tight, device_for, flash_rounding_emulation, skip_unless
 
-from ctrlaug.ops import available, correspondence_ref, region_contrast, region_contrast_ref
+from ctrlaug.ops import correspondence_ref, region_contrast, region_contrast_ref
 from ctrlaug.ops._registry import op_handle
 
 FUSED = ("cpp", "triton", "cuda")
@@ -26,11 +26,15 @@ def make_case(P, Nc, Nv, B, D, Nq, *, seed=0, zero_rows=False, dtype=torch.float
     queue = F.normalize(torch.randn(Nq, D, generator=g, dtype=torch.float64), dim=-1) if Nq else None
     owner = torch.randint(0, B, (P,), generator=g)
     # Soft targets: random nonnegative rows with a few non-zeros, like a correspondence row.
-    t = torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64)
-    t = torch.where(torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64) < 0.3, t, 0.0)
+    full = torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64)
+    t = torch.where(torch.rand(P, Nc, Nv, generator=g, dtype=torch.float64) < 0.3, full, 0.0)
+    # a row the mask emptied keeps its largest entry: only the rows zeroed below are empty
+    empty = t.sum(-1) == 0
+    keep = torch.zeros_like(t).scatter_(-1, full.argmax(-1, keepdim=True), 1.0).bool()
+    t = torch.where(empty[..., None] & keep, full, t)
     t = t / t.sum(-1, keepdim=True).clamp_min(1e-12)
     if zero_rows:
-        t[0, : max(1, Nc // 2)] = 0.0  # rows whose clip cell the video does not cover
+        t[0, : Nc // 2] = 0.0  # rows whose clip cell the video does not cover (none when Nc = 1)
     return q.to(dtype), k.to(dtype), t.float(), owner, None if queue is None else queue.to(dtype)
 
 
@@ -43,6 +47,20 @@ SHAPES = [
     (1, 1, 1, 1, 16, 0),  # a single key: loss is 0, gradients are 0
     (7, 6, 10, 5, 64, 70),
 ]
+# The one case whose loss and gradients are zero by the mathematics (softmax over one key is 1):
+# its target is non-zero, so the zero is not an empty target's. Every other case must have a
+# non-zero loss, dq and dk, or its comparison would test nothing.
+ZERO_BY_MATH = {(1, 1, 1, 1, 16, 0)}
+
+
+def assert_nonvacuous(shape, t, loss, dq, dk):
+    """The case's float64 values are what its description says: non-zero, or zero for the right reason."""
+    assert float(t.sum(-1).gt(0).sum()) >= 1, f"{_ids(shape)}: no target row at all"
+    sizes = [float(x.detach().abs().max()) for x in (loss, dq, dk)]
+    if shape in ZERO_BY_MATH:
+        assert max(sizes) < 1e-12, f"{_ids(shape)}: loss/dq/dk should be 0, got {sizes}"
+    else:
+        assert min(sizes) > 1e-6, f"{_ids(shape)}: vacuous case, max |loss|, |dq|, |dk| = {sizes}"
 
 
 def _ids(s):
@@ -69,6 +87,10 @@ def test_reference_equals_cross_entropy_with_probability_targets(shape):
     # F.cross_entropy with probability targets: -sum_j y_j log softmax(x)_j (an independent path)
     ce = F.cross_entropy(logits, dense.view(P * Nc, -1), reduction="none")
     torch.testing.assert_close(ref, ce, rtol=1e-10, atol=1e-10)
+    qg, kg = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    keys_g = kg if queue is None else torch.cat([kg, queue])
+    F.cross_entropy(qg @ keys_g.t() / tau, dense.view(P * Nc, -1), reduction="sum").backward()
+    assert_nonvacuous(shape, t, ce, qg.grad, kg.grad)
 
 
 def test_reference_reductions_and_no_target_or_queue_grad():
@@ -122,6 +144,7 @@ def test_loss_decomposition_matches_spec(shape):
     )
     for a, b in zip(dec, spec):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_nonvacuous(shape, t, *spec)
 
 
 def test_loss_decomposition_gradcheck_float64():
@@ -171,8 +194,13 @@ def _compare(backend, shape, dtype, seed=0, zero_rows=False, tau=0.07):
     to = lambda x: None if x is None else x.to(dev)  # noqa: E731
     ker = _run(ker_fn, to(qd), to(kd), to(t), to(owner), to(queued), tau, grad_out.float().to(dev))
     assert ker[1].dtype == dtype and ker[2].dtype == dtype
+    assert_nonvacuous(shape, t, *truth)
     for name, a, r, tr in zip(("loss", "dq", "dk"), ker, ref, truth):
         assert_rule(f"{backend}/{dtype}/{name}", a, r, tr, dtype)
+    if dtype in (torch.bfloat16, torch.float16):  # and the tighter half-precision rule beside it
+        emul = flash_rounding_emulation(q64, k64, t, owner, queue64, tau, grad_out, dtype)
+        for name, a, e, tr in zip(("loss", "dq", "dk"), ker, emul, truth):
+            assert_tight(f"{backend}/{dtype}/{name}", a, e, tr)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -186,6 +214,24 @@ def test_backend_matches_reference_fp32(backend, shape):
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3]], ids=_ids)
 def test_backend_matches_reference_half(backend, dtype, shape):
     _compare(backend, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_tight_half_bound_rejects_a_kernel_that_rounds_more(dtype):
+    """The reference run entirely in the half dtype passes the DESIGN.md rule by construction (it
+    *is* that rule's yardstick) but rounds the logits and the log-sum-exp: the flash-rounding
+    bound must reject it, or the bound would not catch a kernel that bad."""
+    shape = SHAPES[2]
+    q64, k64, t, owner, queue64 = make_case(*shape)
+    g = torch.randn(q64.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fn = lambda *a: region_contrast_ref(*a[:4], tau=a[5], queue=a[4], reduction="none")  # noqa: E731
+    qd, kd, queued = q64.to(dtype), k64.to(dtype), queue64.to(dtype)
+    truth = _run(fn, qd.double(), kd.double(), t, owner, queued.double(), 0.07, g)
+    all_half = _run(fn, qd, kd, t, owner, queued, 0.07, g.to(dtype))
+    emul = flash_rounding_emulation(q64, k64, t, owner, queue64, 0.07, g, dtype)
+    for name, a, e, tr in zip(("loss", "dq"), all_half, emul, truth):
+        with pytest.raises(AssertionError, match="exceeds the flash-rounding bound"):
+            assert_tight(f"all-{dtype}/{name}", a, e, tr)
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -243,8 +289,7 @@ def test_backend_reductions(backend, reduction):
 
 
 def test_cpp_gradcheck_float64():
-    if not available("cpp", torch.device("cpu")):
-        pytest.skip("cpp backend not built")
+    _skip_unless("cpp", torch.device("cpu"))
     q, k, t, owner, queue = make_case(2, 3, 5, 2, 8, 3)
     q.requires_grad_(True)
     k.requires_grad_(True)
