@@ -1,4 +1,4 @@
-"""Ablation runner: the paper's §4.4 ablations (Tables 4-7) on the embedded synthetic benchmark.
+"""Ablation runner: the paper's §4.4 ablations (Tables 4-7) on the embedded shapes benchmark.
 
     python -m ctrlaug.ablate {table4,table5,table6,table7} [--seeds 0,1,2] [--out runs/ablate]
                              [--epochs N] [--rows SLUG,...] [--dry-run] [key=value ...]
@@ -18,7 +18,7 @@ then the linear probe of :func:`ctrlaug.train.run_probe`; the trained-encoder an
 top-1 go to ``result.json`` there as soon as the run ends, and runs whose ``result.json`` exists
 are skipped (an interrupted ablation resumes; an interrupted *run* resumes from its checkpoint).
 The summary goes to ``<out>/<table>.md``, ``<out>/<table>.json`` and, when matplotlib is
-importable, ``<out>/<table>.png``. The synthetic benchmark is CPU-sized: compare the *ordering* of
+importable, ``<out>/<table>.png``. The shapes benchmark is CPU-sized: compare the *ordering* of
 the rows with the paper's (Spearman rank correlation), not the absolute numbers.
 """
 
@@ -457,7 +457,7 @@ def to_markdown(summary: dict) -> str:
     lines = [
         f"# {summary['title']}",
         "",
-        "Linear-probe top-1 (%) on the embedded synthetic motion benchmark (CPU-sized; see "
+        "Linear-probe top-1 (%) of the primary factor of the embedded shapes benchmark (CPU-sized; see "
         "docs/ablation.md) beside the paper's UCF-101 / HMDB-51 numbers.",
         "",
         "| row | ours top-1 (mean ± std) | n | paper UCF-101 | paper HMDB-51 |",
@@ -545,7 +545,7 @@ def _plot(summary: dict, path: str) -> str | None:
     if ri is not None:
         a1.axhline(ri, color="gray", ls="--", label="random init")
         a1.legend()
-    a1.set_title("ours (synthetic, mean ± std over seeds)")
+    a1.set_title("ours (shapes benchmark, mean ± std over seeds)")
     a1.set_ylabel("linear probe top-1 (%)")
     w = 0.4
     a2.bar([i - w / 2 for i in x], [r["paper_ucf101"] for r in rows], w, label="UCF-101")
@@ -646,7 +646,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ctrlaug.ablate",
         allow_abbrev=False,
-        description="Run a paper ablation table (§4.4, Tables 4-7) on the embedded synthetic benchmark.",
+        description="Run a paper ablation table (§4.4, Tables 4-7) on the embedded shapes benchmark.",
     )
     p.add_argument("table", choices=sorted(TABLES), help="which paper table to reproduce")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")

@@ -2,7 +2,7 @@
 
 Every field has a default, a one-line help (shown by ``python -m ctrlaug.train --help``) and,
 where it matters, its valid choices or bounds. The dataclass defaults *are* the embedded demo
-(a small-width R3D on the synthetic motion dataset, a few CPU minutes); ``configs/*.yaml`` hold
+(a small-width R3D on the factorised shapes benchmark, a few CPU minutes); ``configs/*.yaml`` hold
 the paper settings for UCF-101 and Kinetics-400.
 
 Loading order: defaults < YAML file < ``key=value`` overrides. Nested dataclasses (``augment``,
@@ -73,7 +73,9 @@ class TrainConfig:
 
     # ---- data -----------------------------------------------------------------------------------
     dataset: str = opt("shapes", "pretraining dataset format", choices=DATASETS)
-    data_root: str = opt("", "dataset root (videos + split files, or a CSV for 'csv'); unused for synthetic")
+    data_root: str = opt(
+        "", "dataset root (videos + split files, or a CSV for 'csv'); unused for synthetic and shapes"
+    )
     split: str = opt("train", "split to pretrain on")
     fold: int = opt(1, "official split number for ucf101 / hmdb51 (paper: split 1)", min=1)
     probe_split: str = opt("test", "split the linear probe tests on (trains on `split`)")
@@ -192,7 +194,7 @@ class TrainConfig:
     plot: bool = opt(True, "loss-curve PNG at the end (needs matplotlib)")
     max_bad_steps: int = opt(5, "abort after this many consecutive non-finite losses", min=1)
 
-    # ---- linear probe after pretraining (synthetic demo) ----------------------------------------
+    # ---- linear probe after pretraining (the demo) -----------------------------------------------
     probe: bool = opt(True, "linear probe on the test split after training, beside a random-init encoder")
     probe_clips: int = opt(2, "uniformly spaced clips averaged per video for probe features", min=1)
     probe_epochs: int = opt(200, "full-batch Adam epochs of the linear classifier", min=1)

@@ -1,7 +1,8 @@
 """Self-supervised pretraining: ``python -m ctrlaug.train [--config FILE] [key=value ...]``.
 
-With no arguments it runs the embedded demo (a small-width R3D-18 on the synthetic motion set,
-CPU, a few minutes), then a linear probe of the trained encoder beside a random-init one.
+With no arguments it runs the embedded demo (a small-width R3D-18 on the factorised shapes
+benchmark, CPU, a few minutes), then a linear probe of every factor for the trained encoder beside
+a random-init one, written to ``<out_dir>/probe.json``.
 ``--help`` lists every key. ``torchrun --nproc_per_node N -m ctrlaug.train ...`` runs DDP
 (gloo on CPU, nccl on CUDA); ``batch_size`` is the global batch, split evenly over the ranks.
 
@@ -697,8 +698,8 @@ def _parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
 USAGE = """usage: python -m ctrlaug.train [--config FILE.yaml] [key=value ...]
        torchrun --nproc_per_node N -m ctrlaug.train [--config FILE.yaml] [key=value ...]
 
-No arguments: the embedded demo (small R3D-18, synthetic motion set, CPU, a few minutes), then a
-linear probe of the trained encoder beside a random-init one. Values given as key=value are parsed
+No arguments: the embedded demo (small R3D-18, shapes benchmark, CPU, a few minutes), then a
+linear probe of every factor for the trained encoder beside a random-init one (probe.json). Values given as key=value are parsed
 as YAML (lists: key=[3,4] or key=3,4; nested: augment.num_clips=3).
 
 keys (default  [type] {choices}):
