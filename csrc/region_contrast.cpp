@@ -85,7 +85,7 @@ namespace {
 constexpr int64_t kMR = 6;    // rows per register block (both micro-kernels)
 constexpr int64_t kNR = 16;   // keys per packed panel / columns per logits register block
 constexpr int64_t kDV = 8;    // D of the row-major copies is padded to a multiple of this
-constexpr int64_t kBM = 96;   // query rows per forward task (multiple of kMR)
+constexpr int64_t kBM = 192;  // query rows per forward task at most (multiple of kMR)
 constexpr int64_t kBN = 96;   // key rows per backward task (multiple of kMR)
 constexpr int64_t kBC = 128;  // keys (fwd) / queries (bwd) per inner tile (multiple of kNR)
 // Dot products are summed in chunks of kDC terms, and the chunk sums added in sequence (blocked
@@ -519,11 +519,13 @@ void fwd_impl(const S* q, int64_t M, const S* k, int64_t N, const S* qu, int64_t
     krows = kr.data();
   }
 
-  const int64_t nb = num_blocks(M, kBM);
   const int64_t ktiles = ceil_div(Ntot, kBC);
-  const int threads = num_threads_for(std::max<int64_t>(nb, 2));
+  const int threads = num_threads_for(std::max<int64_t>(num_blocks(M, kBM), 2));
+  // Query blocks: a multiple of the thread count (equal blocks, so the threads finish together),
+  // and at least 4 tasks per thread, splitting the key range when the blocks alone are fewer.
+  const int64_t nb = std::min(round_up(num_blocks(M, kBM), threads), ceil_div(M, kMR));
   int64_t nsplit = 1;
-  if (threads > 1 && nb < 2 * threads) nsplit = std::min<int64_t>(ktiles, ceil_div(2 * threads, nb));
+  if (threads > 1 && nb < 4 * threads) nsplit = std::min<int64_t>(ktiles, ceil_div(4 * threads, nb));
   const int64_t ntasks = nb * nsplit;
   // Split partials (only when nsplit > 1): running max, sum and unnormalised o per (split, row).
   Buffer<T> pm(nsplit > 1 ? nsplit * M : 0), pl(nsplit > 1 ? nsplit * M : 0);
