@@ -25,8 +25,8 @@
 //     about 1-2 ulp, 0 below -87.3 (exp underflow), NaN propagates. double uses std::exp.
 //
 // Tiling (per task)
-//   forward : a block of BM = 96 query rows (packed to float, zero-padded to a multiple of 6)
-//             against key tiles of BC = 128 keys. Work for one tile:
+//   forward : a block of at most BM = 192 query rows (packed to float, scaled by 1/tau,
+//             zero-padded to a multiple of 6) against key tiles of BC = 128 keys. One tile:
 //               S[BM, BC]   = Qblk . Kt_tile          (register micro-kernel 6 rows x 16 keys)
 //               online softmax of S rows in place -> P; rescale o rows when the max moved
 //               O[BM, D]   += P . Kr_tile             (register micro-kernel 6 rows x 16 dims)
@@ -37,26 +37,29 @@
 //             for float32/float64 keys with D % 8 == 0 and no queue). Extra memory (1 or 2) *
 //             (N+Nq) * D floats (16 MiB at N=32768, D=128) versus 3 x 256 MiB dense matrices in
 //             the eager reference.
-//             Tasks are query blocks (parallel over M); when there are fewer blocks than
-//             2 x threads, the key range is split too and the partial (m, s, o) are merged.
+//             Tasks are query blocks (parallel over M), equal in size and a multiple of the
+//             thread count; with fewer than 4 blocks per thread the key range is split too and
+//             the partial (m, s, o) are merged.
 //   backward: the mirror image: a block of BN = 96 keys (one task; its thread owns those dk
 //             rows, no atomics) against query tiles of 128: S^T = Kblk . Qt_tile, P = exp(...),
 //             dK += P . Qr_tile. When there are fewer key blocks than 2 x threads, the query range
 //             is split and the partial dk are summed.
-//   Working set of one task at D=128: Qblk 48 KiB + S 48 KiB + O 48 KiB + one key tile (2 x 64
-//   KiB) in L2 (512 KiB/core here); the micro-kernels' streams (one 8 KiB key panel, or a 128x16
-//   slice of Kr) sit in L1. Both micro-kernels keep 12 ymm accumulators (6 rows x 2 vectors) and
-//   issue 8 loads per 12 FMAs.
-//   Measured here (AMD EPYC Zen 3 at 2.45 GHz, AVX2, 2 cores shared with other jobs; M=2048,
-//   N=32768, D=128 fp32, fwd(with_grad)+bwd = 68.7 GFLOP):
-//     one thread, CPU time:  1.14 s (fwd 0.53 s, bwd 0.49 s; 60-70 GFLOP/s, ~80% of the 78
-//                            GFLOP/s FMA peak)    eager reference 3.47 s  -> 3.0x
-//     two threads, wall:     1.13-1.20 s                       eager reference 3.99 s  -> 3.3x
-//     extra memory:          peak RSS +33 MiB (incl. 17 MiB of outputs)   reference +541 MiB
-//   Tile sizes tried (1 thread, M=1024, N=16384): BM = BN in {48, 96, 192} at BC = 128, and BC in
-//   {64, 256} at BM = BN = 96, were all within the +-10% run-to-run noise of this shared machine
-//   (48 the slowest); 96/128 is kept. Unrolling the micro-kernel loops by 4 and software prefetch of the next tile into L2
-//   gave no measurable change and were dropped.
+//   Working set of one forward task at D=128: Qblk 96 KiB + S 96 KiB + O 96 KiB + one key tile
+//   (2 x 64 KiB) in L2 (1 MiB/core here); the micro-kernels' streams (one 8 KiB key panel, or a
+//   128x16 slice of Kr) sit in L1. Both micro-kernels keep 12 ymm accumulators (6 rows x 2
+//   vectors) and issue 8 loads per 12 FMAs. 192-row forward blocks halve the key streaming per
+//   FLOP against 96 (each task reads all packed keys once): forward 0.92 -> 0.96x of sgemm.
+//   Measured here (AMD EPYC, AVX2, 2 cores, 2.6 GHz, shared with other jobs; M=2048, N=32768,
+//   D=128 fp32, fwd(with_grad)+bwd = 68.7 GFLOP), as fractions of MKL sgemm (n=1536) timed in the
+//   same process, one thread, CPU time: forward 0.96x, backward 0.99-1.02x, fwd+bwd 1.00x (about
+//   76 GFLOP/s, 92% of the 83 GFLOP/s FMA peak of one core). perf, one thread: the two GEMM
+//   micro-kernels take 89% of the kernel's cycles, softmax + exp 8%, packing 2%. So tiles handed
+//   to MKL (at::mm_out) could not be faster than these micro-kernels here, and PyTorch's CPU
+//   flash attention forward (aten::_scaled_dot_product_flash_attention_for_cpu with V = K, which
+//   gives the same lse and o) measured 257 ms against this forward's 251 ms (2 threads, quiet
+//   machine, before the changes above). Wall times and the comparison with torch.compile:
+//   bench/RESULTS.md. Tried and dropped earlier: BC in {64, 256}, unrolling the micro-kernel
+//   loops by 4, software prefetch of the next tile (no measurable change).
 //
 // Portable path: the same tiling with plain loops (vectorised by the compiler for the baseline
 // ISA), used for float64, for CPUs without AVX2/FMA, and when CTRLAUG_CPU_PORTABLE=1.
