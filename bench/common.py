@@ -2,13 +2,13 @@
 
 Throughput rule: every region-contrast provider is charged 8*Q*K*D FLOPs for forward+backward
 (logits 2QKD, then dq, dk and the logits recompute 2QKD each), whatever it really executes.
-"Fraction of matmul" divides by the throughput of a plain square matmul with the same FLOP count
-(capped in size), timed in the same run on the same device and dtype.
+"x matmul" divides by the throughput of plain square matmuls with the same FLOP count (the
+``matmul`` provider: n capped at 1536 on CPU, 8192 on GPU, repeated to reach the count), timed in
+the same run on the same device and dtype.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import time
@@ -50,30 +50,48 @@ def provenance(device: torch.device) -> dict[str, object]:
     return info
 
 
-def time_once(fn, device: torch.device, reps: int = 3) -> float:
-    """Median seconds of ``reps`` calls of fn (after one warm-up), synchronising the device."""
-    fn()
-    sync(device)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def load_average() -> float:
+    """The 1-minute load average (how many runnable jobs share the CPUs); nan where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def time_once(fn, device: torch.device, reps: int = 3, warmup: bool = True, clock=time.perf_counter) -> float:
+    """Median seconds of ``reps`` calls of fn (after one warm-up call), synchronising the device.
+
+    ``clock=time.process_time`` measures the CPU time of all the process's threads instead of wall
+    time: on a CPU shared with other jobs it counts only the time the process really ran (but
+    also any spinning at barriers)."""
+    if warmup:
         fn()
         sync(device)
-        ts.append(time.perf_counter() - t0)
+    ts = []
+    for _ in range(reps):
+        t0 = clock()
+        fn()
+        sync(device)
+        ts.append(clock() - t0)
     ts.sort()
     return ts[len(ts) // 2]
 
 
-@functools.cache
-def matmul_tflops(device_str: str, dtype: torch.dtype, flops: float) -> float:
-    """TFLOP/s of a square matmul with (up to a size cap) the given FLOP count, this run."""
-    device = torch.device(device_str)
+def matmul_same_flops(device: torch.device, dtype: torch.dtype, flops: float):
+    """A callable running square n x n matmuls worth about ``flops`` (n capped: 1536 on CPU, 8192 on
+    GPU; repeated to reach the count), and the FLOPs it really does: the "matmul" provider."""
     n = int(round((flops / 2) ** (1 / 3) / 128)) * 128
     n = max(256, min(n, 8192 if device.type == "cuda" else 1536))
+    reps = max(1, round(flops / (2 * n**3)))
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = time_once(lambda: a @ b, device, reps=10 if device.type == "cuda" else 3)
-    return 2 * n**3 / t / 1e12
+    c = torch.empty(n, n, device=device, dtype=dtype)
+
+    def run():
+        for _ in range(reps):
+            torch.mm(a, b, out=c)
+
+    return run, 2 * n**3 * reps
 
 
 def _proc_status_bytes(key: str) -> int:

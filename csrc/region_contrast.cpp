@@ -16,42 +16,50 @@
 //     exponents are <= 0, so nothing overflows for any tau or input scale (tau = 0.01 with
 //     unnormalised q, k stays finite). Key-split partial results (small M) are merged with the
 //     same rescaling.
+//   * The queries are scaled by 1/tau when packed (rounded once, the same way in both passes), so
+//     the logits product yields l directly: no scaling pass over the tiles, and the backward's
+//     recomputed l is bitwise the forward's (same operands, same summation order).
 //   * Backward recomputes each logits tile from the saved lse: p = exp(l - lse) * coef / tau.
 //   * float exp on the AVX2 path: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-7
 //     Taylor polynomial (truncation < 6e-9 relative), scale by 2^n through the exponent bits;
 //     about 1-2 ulp, 0 below -87.3 (exp underflow), NaN propagates. double uses std::exp.
 //
 // Tiling (per task)
-//   forward : a block of BM = 96 query rows (packed to float, zero-padded to a multiple of 6)
-//             against key tiles of BC = 128 keys. Work for one tile:
+//   forward : a block of at most BM = 192 query rows (packed to float, scaled by 1/tau,
+//             zero-padded to a multiple of 6) against key tiles of BC = 128 keys. One tile:
 //               S[BM, BC]   = Qblk . Kt_tile          (register micro-kernel 6 rows x 16 keys)
 //               online softmax of S rows in place -> P; rescale o rows when the max moved
 //               O[BM, D]   += P . Kr_tile             (register micro-kernel 6 rows x 16 dims)
 //             The keys (and queue) are packed once per call, in two layouts: Kt = panels of 16
 //             keys stored d-major ([N/16][D][16], so the logits kernel loads 16 keys' d-th
 //             values as two vectors and broadcasts one query value), and Kr = row-major with D
-//             padded to a multiple of 8 (for the P.K product). Extra memory 2 * (N+Nq) * D floats
-//             (32 MiB at N=32768, D=128) versus 3 x 256 MiB dense matrices in the eager reference.
-//             Tasks are query blocks (parallel over M); when there are fewer blocks than
-//             2 x threads, the key range is split too and the partial (m, s, o) are merged.
+//             padded to a multiple of 8 (for the P.K product; the keys themselves, not a copy,
+//             for float32/float64 keys with D % 8 == 0 and no queue). Extra memory (1 or 2) *
+//             (N+Nq) * D floats (16 MiB at N=32768, D=128) versus 3 x 256 MiB dense matrices in
+//             the eager reference.
+//             Tasks are query blocks (parallel over M), equal in size and a multiple of the
+//             thread count; with fewer than 4 blocks per thread the key range is split too and
+//             the partial (m, s, o) are merged.
 //   backward: the mirror image: a block of BN = 96 keys (one task; its thread owns those dk
 //             rows, no atomics) against query tiles of 128: S^T = Kblk . Qt_tile, P = exp(...),
 //             dK += P . Qr_tile. When there are fewer key blocks than 2 x threads, the query range
 //             is split and the partial dk are summed.
-//   Working set of one task at D=128: Qblk 48 KiB + S 48 KiB + O 48 KiB + one key tile (2 x 64
-//   KiB) in L2 (512 KiB/core here); the micro-kernels' streams (one 8 KiB key panel, or a 128x16
-//   slice of Kr) sit in L1. Both micro-kernels keep 12 ymm accumulators (6 rows x 2 vectors) and
-//   issue 8 loads per 12 FMAs.
-//   Measured here (AMD EPYC Zen 3 at 2.45 GHz, AVX2, 2 cores shared with other jobs; M=2048,
-//   N=32768, D=128 fp32, fwd(with_grad)+bwd = 68.7 GFLOP):
-//     one thread, CPU time:  1.14 s (fwd 0.53 s, bwd 0.49 s; 60-70 GFLOP/s, ~80% of the 78
-//                            GFLOP/s FMA peak)    eager reference 3.47 s  -> 3.0x
-//     two threads, wall:     1.13-1.20 s                       eager reference 3.99 s  -> 3.3x
-//     extra memory:          peak RSS +33 MiB (incl. 17 MiB of outputs)   reference +541 MiB
-//   Tile sizes tried (1 thread, M=1024, N=16384): BM = BN in {48, 96, 192} at BC = 128, and BC in
-//   {64, 256} at BM = BN = 96, were all within the +-10% run-to-run noise of this shared machine
-//   (48 the slowest); 96/128 is kept. Unrolling the micro-kernel loops by 4 and software prefetch of the next tile into L2
-//   gave no measurable change and were dropped.
+//   Working set of one forward task at D=128: Qblk 96 KiB + S 96 KiB + O 96 KiB + one key tile
+//   (2 x 64 KiB) in L2 (1 MiB/core here); the micro-kernels' streams (one 8 KiB key panel, or a
+//   128x16 slice of Kr) sit in L1. Both micro-kernels keep 12 ymm accumulators (6 rows x 2
+//   vectors) and issue 8 loads per 12 FMAs. 192-row forward blocks halve the key streaming per
+//   FLOP against 96 (each task reads all packed keys once): forward 0.92 -> 0.96x of sgemm.
+//   Measured here (AMD EPYC, AVX2, 2 cores, 2.6 GHz, shared with other jobs; M=2048, N=32768,
+//   D=128 fp32, fwd(with_grad)+bwd = 68.7 GFLOP), as fractions of MKL sgemm (n=1536) timed in the
+//   same process, one thread, CPU time: forward 0.96x, backward 0.99-1.02x, fwd+bwd 1.00x (about
+//   76 GFLOP/s, 92% of the 83 GFLOP/s FMA peak of one core). perf, one thread: the two GEMM
+//   micro-kernels take 89% of the kernel's cycles, softmax + exp 8%, packing 2%. So tiles handed
+//   to MKL (at::mm_out) could not be faster than these micro-kernels here, and PyTorch's CPU
+//   flash attention forward (aten::_scaled_dot_product_flash_attention_for_cpu with V = K, which
+//   gives the same lse and o) measured 257 ms against this forward's 251 ms (2 threads, quiet
+//   machine, before the changes above). Wall times and the comparison with torch.compile:
+//   bench/RESULTS.md. Tried and dropped earlier: BC in {64, 256}, unrolling the micro-kernel
+//   loops by 4, software prefetch of the next tile (no measurable change).
 //
 // Portable path: the same tiling with plain loops (vectorised by the compiler for the baseline
 // ISA), used for float64, for CPUs without AVX2/FMA, and when CTRLAUG_CPU_PORTABLE=1.
@@ -65,6 +73,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu_utils.h"
@@ -79,7 +88,7 @@ namespace {
 constexpr int64_t kMR = 6;    // rows per register block (both micro-kernels)
 constexpr int64_t kNR = 16;   // keys per packed panel / columns per logits register block
 constexpr int64_t kDV = 8;    // D of the row-major copies is padded to a multiple of this
-constexpr int64_t kBM = 96;   // query rows per forward task (multiple of kMR)
+constexpr int64_t kBM = 192;  // query rows per forward task at most (multiple of kMR)
 constexpr int64_t kBN = 96;   // key rows per backward task (multiple of kMR)
 constexpr int64_t kBC = 128;  // keys (fwd) / queries (bwd) per inner tile (multiple of kNR)
 // Dot products are summed in chunks of kDC terms, and the chunk sums added in sequence (blocked
@@ -146,14 +155,13 @@ struct PortableOps {
   }
 
   // Online-softmax step over one logits tile (see fwd_softmax in Avx2Ops for the contract).
-  static void fwd_softmax(T* S, int64_t ldS, int64_t rows, int64_t nv, int64_t nvp, T inv_tau, T* m, T* l, T* O,
-                          int64_t ldo, int64_t Dp) {
+  static void fwd_softmax(T* S, int64_t ldS, int64_t rows, int64_t nv, int64_t nvp, T* m, T* l, T* O, int64_t ldo,
+                          int64_t Dp) {
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ldS;
       T mx = neg_inf<T>();
       bool nan = false;
       for (int64_t c = 0; c < nv; ++c) {
-        s[c] *= inv_tau;
         mx = s[c] > mx ? s[c] : mx;
         nan |= s[c] != s[c];
       }
@@ -180,13 +188,10 @@ struct PortableOps {
     }
   }
 
-  // S[r][c] <- exp(S[r][c] * inv_tau - lse[c]) * cf[c]  for c < nvp.
-  static void bwd_prob(T* S, int64_t ldS, int64_t rows, int64_t nvp, T inv_tau, const T* lse, const T* cf) {
+  // S[r][c] <- exp(S[r][c] - lse[c]) * cf[c]  for c < nvp (S holds the logits l).
+  static void bwd_prob(T* S, int64_t ldS, int64_t rows, int64_t nvp, const T* lse, const T* cf) {
     for (int64_t r = 0; r < rows; ++r) {
       T* s = S + r * ldS;
-      // Two passes so that l = s * inv_tau is rounded exactly as in the forward (no fused
-      // multiply-subtract): then l - lse is exactly -log(sum) for the row's max logit.
-      for (int64_t c = 0; c < nvp; ++c) s[c] *= inv_tau;
       for (int64_t c = 0; c < nvp; ++c) s[c] = std::exp(s[c] - lse[c]) * cf[c];
     }
   }
@@ -336,19 +341,18 @@ struct Avx2Ops {
       for (int64_t r0 = 0; r0 < rows; r0 += kMR) nn_block<1>(P + r0 * ldp, ldp, K, B + d0, ldb, O + r0 * ldo + d0, ldo);
   }
 
-  // One online-softmax step. S: rows x nvp raw dot products (columns >= nv are padding).
-  // On return S holds p = exp(l - m_new) (0 in the padding), m/l are updated, and the O rows are
-  // rescaled by exp(m_old - m_new) when the max moved (O may be null: lse only).
-  static void fwd_softmax(float* S, int64_t ldS, int64_t rows, int64_t nv, int64_t nvp, float inv_tau, float* m,
-                          float* l, float* O, int64_t ldo, int64_t Dp) {
-    const __m256 vscale = _mm256_set1_ps(inv_tau);
+  // One online-softmax step. S: rows x nvp logits l (the queries were scaled by 1/tau when
+  // packed; columns >= nv are padding, 0 there). On return S holds p = exp(l - m_new) (0 in the
+  // padding), m/l are updated, and the O rows are rescaled by exp(m_old - m_new) when the max
+  // moved (O may be null: lse only).
+  static void fwd_softmax(float* S, int64_t ldS, int64_t rows, int64_t nv, int64_t nvp, float* m, float* l, float* O,
+                          int64_t ldo, int64_t Dp) {
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * ldS;
       __m256 vmax = _mm256_set1_ps(neg_inf<float>());
       __m256 vnan = _mm256_setzero_ps();  // max() does not keep NaN, so track it on the side
       for (int64_t c = 0; c < nvp; c += 8) {
-        const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + c), vscale);
-        _mm256_storeu_ps(s + c, x);
+        const __m256 x = _mm256_loadu_ps(s + c);
         vmax = _mm256_max_ps(vmax, x);
         vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
       }
@@ -386,20 +390,14 @@ struct Avx2Ops {
     }
   }
 
-  static void bwd_prob(float* S, int64_t ldS, int64_t rows, int64_t nvp, float inv_tau, const float* lse,
-                       const float* cf) {
-    const __m256 vscale = _mm256_set1_ps(inv_tau);
+  // S[r][c] <- exp(S[r][c] - lse[c]) * cf[c]. S holds the logits, computed by the same product of
+  // the same packed operands as in the forward, so they are bitwise the forward's: l - lse is
+  // exactly -log(sum) for a row's max logit (p = 1 for a dominant key even at |l| ~ 1e5).
+  static void bwd_prob(float* S, int64_t ldS, int64_t rows, int64_t nvp, const float* lse, const float* cf) {
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * ldS;
       for (int64_t c = 0; c < nvp; c += 8) {
-        // l = s * inv_tau rounded exactly as in the forward, then l - lse. A fused multiply-subtract
-        // (which GCC forms from mul+sub under -ffp-contract=fast; the empty asm blocks that) would
-        // differ from the forward's rounded l by up to half an ulp of l: at |l| ~ 1e5 (tau = 0.01,
-        // unnormalised inputs) that moved p = exp(l - lse) by 0.4%, instead of p = 1 exactly for a
-        // dominant key.
-        __m256 l = _mm256_mul_ps(_mm256_loadu_ps(s + c), vscale);
-        __asm__("" : "+x"(l));
-        const __m256 x = _mm256_sub_ps(l, _mm256_loadu_ps(lse + c));
+        const __m256 x = _mm256_sub_ps(_mm256_loadu_ps(s + c), _mm256_loadu_ps(lse + c));
         _mm256_storeu_ps(s + c, _mm256_mul_ps(exp256(x), _mm256_loadu_ps(cf + c)));
       }
     }
@@ -435,9 +433,9 @@ class Buffer {
   T* p_;
 };
 
-// Panels of 16 rows stored d-major: out[p][d][j] = row(16p + j)[d].
+// Panels of 16 rows stored d-major: out[p][d][j] = row(16p + j)[d] * scale.
 template <typename S, typename T>
-void pack_panels(const S* a, int64_t na, const S* b, int64_t nb, int64_t D, T* out) {
+void pack_panels(const S* a, int64_t na, const S* b, int64_t nb, int64_t D, T scale, T* out) {
   const int64_t n = na + nb;
   const int64_t npan = ceil_div(n, kNR);
   const int nt = num_threads_for(n * D >= (1 << 16) ? npan : 1);
@@ -448,7 +446,7 @@ void pack_panels(const S* a, int64_t na, const S* b, int64_t nb, int64_t D, T* o
       const int64_t r = p * kNR + j;
       if (r < n) {
         const S* src = logical_row(a, na, b, r, D);
-        for (int64_t d = 0; d < D; ++d) o[d * kNR + j] = static_cast<T>(src[d]);
+        for (int64_t d = 0; d < D; ++d) o[d * kNR + j] = static_cast<T>(src[d]) * scale;
       } else {
         for (int64_t d = 0; d < D; ++d) o[d * kNR + j] = T(0);
       }
@@ -470,15 +468,39 @@ void pack_rows(const S* a, int64_t na, const S* b, int64_t nb, int64_t D, int64_
   }
 }
 
-// Rows [r0, r0 + n) of src into a zero-padded [rows_p][D] block.
+// Rows [r0, r0 + n) of src, times scale, into a zero-padded [rows_p][D] block. The product is
+// rounded exactly as in pack_panels, so a query scaled here (forward) and there (backward) is
+// the same float.
 template <typename S, typename T>
-void pack_block(const S* src, int64_t r0, int64_t n, int64_t rows_p, int64_t D, T* out) {
+void pack_block(const S* src, int64_t r0, int64_t n, int64_t rows_p, int64_t D, T scale, T* out) {
   for (int64_t i = 0; i < n; ++i) {
     const S* s = src + (r0 + i) * D;
     T* o = out + i * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(s[d]);
+    for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(s[d]) * scale;
   }
   std::fill(out + n * D, out + rows_p * D, T(0));
+}
+
+// The rows themselves when they can serve as the row-major operand of P.B directly: same type as
+// the accumulation, D a multiple of kDV, and no second segment (queue) to append; else null.
+template <typename S, typename T>
+const T* direct_rows(const S* a, int64_t D, int64_t n_second) {
+  if constexpr (std::is_same_v<S, T>) {
+    if (D % kDV == 0 && n_second == 0) return a;
+  }
+  return nullptr;
+}
+
+// Row blocks of at most `bmax` rows (a multiple of kMR) covering n rows, as even as the kMR
+// granularity allows: equal tasks keep the threads finishing together (with 2048 rows in blocks
+// of 96, the last block had 32 rows and one thread idled for 2/3 of a task at the end).
+inline int64_t num_blocks(int64_t n, int64_t bmax) { return ceil_div(ceil_div(n, kMR), bmax / kMR); }
+
+inline std::pair<int64_t, int64_t> block_rows(int64_t blk, int64_t nb, int64_t n) {
+  const int64_t units = ceil_div(n, kMR);
+  const int64_t r0 = (blk * units / nb) * kMR;
+  const int64_t r1 = std::min(n, ((blk + 1) * units / nb) * kMR);
+  return {r0, r1 - r0};
 }
 
 // =============================================================================================
@@ -489,17 +511,24 @@ void fwd_impl(const S* q, int64_t M, const S* k, int64_t N, const S* qu, int64_t
               bool with_grad, T* lse_out, T* o_out) {
   const int64_t Ntot = N + Nq;
   const int64_t Dp = round_up(D, kDV);
-  // Packed keys+queue: panels for the logits, rows for P.K.
+  // Packed keys+queue: panels for the logits, rows for P.K. The rows are the keys themselves
+  // when they already have that layout (same type, D a multiple of 8, no queue to append).
   Buffer<T> kt(round_up(Ntot, kNR) * D);
-  pack_panels<S, T>(k, N, qu, Nq, D, kt.data());
-  Buffer<T> kr(with_grad ? Ntot * Dp : 0);
-  if (with_grad) pack_rows<S, T>(k, N, qu, Nq, D, Dp, kr.data());
+  pack_panels<S, T>(k, N, qu, Nq, D, T(1), kt.data());
+  const T* krows = direct_rows<S, T>(k, D, Nq);
+  Buffer<T> kr(with_grad && krows == nullptr ? Ntot * Dp : 0);
+  if (with_grad && krows == nullptr) {
+    pack_rows<S, T>(k, N, qu, Nq, D, Dp, kr.data());
+    krows = kr.data();
+  }
 
-  const int64_t nb = ceil_div(M, kBM);
   const int64_t ktiles = ceil_div(Ntot, kBC);
-  const int threads = num_threads_for(std::max<int64_t>(nb, 2));
+  const int threads = num_threads_for(std::max<int64_t>(num_blocks(M, kBM), 2));
+  // Query blocks: a multiple of the thread count (equal blocks, so the threads finish together),
+  // and at least 4 tasks per thread, splitting the key range when the blocks alone are fewer.
+  const int64_t nb = std::min(round_up(num_blocks(M, kBM), threads), ceil_div(M, kMR));
   int64_t nsplit = 1;
-  if (threads > 1 && nb < 2 * threads) nsplit = std::min<int64_t>(ktiles, ceil_div(2 * threads, nb));
+  if (threads > 1 && nb < 4 * threads) nsplit = std::min<int64_t>(ktiles, ceil_div(4 * threads, nb));
   const int64_t ntasks = nb * nsplit;
   // Split partials (only when nsplit > 1): running max, sum and unnormalised o per (split, row).
   Buffer<T> pm(nsplit > 1 ? nsplit * M : 0), pl(nsplit > 1 ? nsplit * M : 0);
@@ -513,12 +542,11 @@ void fwd_impl(const S* q, int64_t M, const S* k, int64_t N, const S* qu, int64_t
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t blk = task / nsplit, sp = task % nsplit;
-      const int64_t m0 = blk * kBM;
-      const int64_t mv = std::min(kBM, M - m0);
+      const auto [m0, mv] = block_rows(blk, nb, M);
       const int64_t mp = round_up(mv, kMR);
       const int64_t c_begin = (sp * ktiles / nsplit) * kBC;
       const int64_t c_end = std::min(Ntot, ((sp + 1) * ktiles / nsplit) * kBC);
-      pack_block<S, T>(q, m0, mv, mp, D, qb.data());
+      pack_block<S, T>(q, m0, mv, mp, D, inv_tau, qb.data());
       std::fill(mb.begin(), mb.end(), neg_inf<T>());
       std::fill(lb.begin(), lb.end(), T(0));
       if (with_grad) std::fill(ob.begin(), ob.end(), T(0));
@@ -526,9 +554,8 @@ void fwd_impl(const S* q, int64_t M, const S* k, int64_t N, const S* qu, int64_t
         const int64_t nv = std::min(kBC, c_end - c0);
         const int64_t nvp = round_up(nv, kNR);
         Ops::gemm_nt(qb.data(), D, mp, kt.data() + (c0 / kNR) * D * kNR, nvp / kNR, D, sb.data(), kBC);
-        Ops::fwd_softmax(sb.data(), kBC, mp, nv, nvp, inv_tau, mb.data(), lb.data(), with_grad ? ob.data() : nullptr,
-                         Dp, Dp);
-        if (with_grad) Ops::gemm_nn_acc(sb.data(), kBC, mp, nv, kr.data() + c0 * Dp, Dp, Dp, ob.data(), Dp);
+        Ops::fwd_softmax(sb.data(), kBC, mp, nv, nvp, mb.data(), lb.data(), with_grad ? ob.data() : nullptr, Dp, Dp);
+        if (with_grad) Ops::gemm_nn_acc(sb.data(), kBC, mp, nv, krows + c0 * Dp, Dp, Dp, ob.data(), Dp);
       }
       if (nsplit == 1) {
         for (int64_t i = 0; i < mv; ++i) {
@@ -592,9 +619,16 @@ void bwd_impl(const S* q, int64_t M, const S* k, int64_t N, int64_t D, const T* 
               T* dk_out) {
   const int64_t Dp = round_up(D, kDV);
   const int64_t Mp = round_up(M, kNR);
-  Buffer<T> qt(Mp * D), qr(M * Dp);
-  pack_panels<S, T>(q, M, static_cast<const S*>(nullptr), 0, D, qt.data());
-  pack_rows<S, T>(q, M, static_cast<const S*>(nullptr), 0, D, Dp, qr.data());
+  // Queries as panels scaled by 1/tau (the logits product, as the forward's query blocks) and as
+  // unscaled rows (for P.Q; the queries themselves when they have the layout).
+  Buffer<T> qt(Mp * D);
+  pack_panels<S, T>(q, M, static_cast<const S*>(nullptr), 0, D, inv_tau, qt.data());
+  const T* qrows = direct_rows<S, T>(q, D, 0);
+  Buffer<T> qr(qrows == nullptr ? M * Dp : 0);
+  if (qrows == nullptr) {
+    pack_rows<S, T>(q, M, static_cast<const S*>(nullptr), 0, D, Dp, qr.data());
+    qrows = qr.data();
+  }
   // Per-query lse and coef/tau, zero-padded to the panel multiple (padding gives p = 0).
   std::vector<T> lp(static_cast<size_t>(Mp), T(0)), cf(static_cast<size_t>(Mp), T(0));
   for (int64_t i = 0; i < M; ++i) {
@@ -602,7 +636,7 @@ void bwd_impl(const S* q, int64_t M, const S* k, int64_t N, int64_t D, const T* 
     cf[i] = coef[i] * inv_tau;
   }
 
-  const int64_t nb = ceil_div(N, kBN);
+  const int64_t nb = num_blocks(N, kBN);
   const int64_t qtiles = ceil_div(M, kBC);
   const int threads = num_threads_for(std::max<int64_t>(nb, 2));
   int64_t nsplit = 1;
@@ -617,19 +651,18 @@ void bwd_impl(const S* q, int64_t M, const S* k, int64_t N, int64_t D, const T* 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t blk = task / nsplit, sp = task % nsplit;
-      const int64_t n0 = blk * kBN;
-      const int64_t nv_rows = std::min(kBN, N - n0);
+      const auto [n0, nv_rows] = block_rows(blk, nb, N);
       const int64_t np = round_up(nv_rows, kMR);
       const int64_t c_begin = (sp * qtiles / nsplit) * kBC;
       const int64_t c_end = std::min(M, ((sp + 1) * qtiles / nsplit) * kBC);
-      pack_block<S, T>(k, n0, nv_rows, np, D, kb.data());
+      pack_block<S, T>(k, n0, nv_rows, np, D, T(1), kb.data());
       std::fill(db.begin(), db.end(), T(0));
       for (int64_t c0 = c_begin; c0 < c_end; c0 += kBC) {
         const int64_t nv = std::min(kBC, c_end - c0);
         const int64_t nvp = round_up(nv, kNR);
         Ops::gemm_nt(kb.data(), D, np, qt.data() + (c0 / kNR) * D * kNR, nvp / kNR, D, sb.data(), kBC);
-        Ops::bwd_prob(sb.data(), kBC, np, nvp, inv_tau, lp.data() + c0, cf.data() + c0);
-        Ops::gemm_nn_acc(sb.data(), kBC, np, nv, qr.data() + c0 * Dp, Dp, Dp, db.data(), Dp);
+        Ops::bwd_prob(sb.data(), kBC, np, nvp, lp.data() + c0, cf.data() + c0);
+        Ops::gemm_nn_acc(sb.data(), kBC, np, nv, qrows + c0 * Dp, Dp, Dp, db.data(), Dp);
       }
       T* dst = nsplit == 1 ? nullptr : part.data() + sp * N * Dp;
       for (int64_t i = 0; i < nv_rows; ++i) {

@@ -288,6 +288,14 @@ def test_backend_reductions(backend, reduction):
     torch.testing.assert_close(red, rows.mean() if reduction == "mean" else rows.sum())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(13, 23, 17, 11, 40, 0), (9, 50, 33, 9, 24, 5)], ids=_ids)
+def test_cpp_uneven_blocks_and_key_splits(shape, dtype):
+    """Row counts that are not multiples of the 6-row micro-block, several row blocks per pass, and
+    key/query ranges split across tasks (merged partials): rows keys-only and with a queue."""
+    _compare("cpp", shape, dtype, zero_rows=True)
+
+
 def test_cpp_gradcheck_float64():
     _skip_unless("cpp", torch.device("cpu"))
     q, k, t, owner, queue = make_case(2, 3, 5, 2, 8, 3)
