@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .synthetic import RenderedReader
+
 __all__ = [
     "SHAPES",
     "MOTIONS",
@@ -246,29 +248,14 @@ def render_shapes(cfg: ShapesConfig, split: str, index: int) -> tuple[np.ndarray
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, fac
 
 
-class ShapesReader:
-    """Reader interface (``num_frames``, ``height``, ``width``, ``get``) over a rendered video."""
+class ShapesReader(RenderedReader):
+    """A video of the shapes benchmark, with its ``masks`` and ``factors``."""
 
     def __init__(self, cfg: ShapesConfig, split: str, index: int) -> None:
         self.video, self.masks, self.factors = render_shapes(cfg, split, index)
         self.label = self.factors["shape"]
-        self.num_frames, self.height, self.width = self.video.shape[:3]
         self.fps = float(cfg.fps)
         self.path = f"shapes://{split}/{index}"
-
-    def get(self, indices, short_side: int | None = None, *, upscale: bool = False) -> np.ndarray:
-        from .synthetic import resize_frames
-
-        return resize_frames(self.video[np.asarray(list(indices), dtype=np.int64)], short_side, upscale)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ShapesReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def write_shapes(root: str | os.PathLike, cfg: ShapesConfig | None = None, splits=("train", "test")) -> str:

@@ -189,14 +189,25 @@ def resize_frames(frames: np.ndarray, short_side: int | None, upscale: bool = Fa
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-class SyntheticReader:
-    """Reader interface (``num_frames``, ``height``, ``width``, ``get``) over a rendered video."""
+class RenderedReader:
+    """Reader interface (``num_frames``, ``height``, ``width``, ``fps``, ``get``) over a video
+    rendered in memory, uint8 ``self.video`` [T, H, W, 3]; subclasses render it."""
 
-    def __init__(self, cfg: SyntheticConfig, split: str, index: int) -> None:
-        self.video, self.label = render_video(cfg, split, index)
-        self.num_frames, self.height, self.width = self.video.shape[:3]
-        self.fps = float(cfg.fps)
-        self.path = f"synthetic://{split}/{index}"
+    video: np.ndarray
+    fps: float
+    path: str
+
+    @property
+    def num_frames(self) -> int:
+        return self.video.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.video.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.video.shape[2]
 
     def get(self, indices, short_side: int | None = None, *, upscale: bool = False) -> np.ndarray:
         return resize_frames(self.video[np.asarray(list(indices), dtype=np.int64)], short_side, upscale)
@@ -204,11 +215,20 @@ class SyntheticReader:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> SyntheticReader:
+    def __enter__(self) -> RenderedReader:
         return self
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+class SyntheticReader(RenderedReader):
+    """A video of the synthetic motion set (see :func:`render_video`)."""
+
+    def __init__(self, cfg: SyntheticConfig, split: str, index: int) -> None:
+        self.video, self.label = render_video(cfg, split, index)
+        self.fps = float(cfg.fps)
+        self.path = f"synthetic://{split}/{index}"
 
 
 def write_synthetic(
