@@ -38,8 +38,9 @@ def ext_modules():
         and CUDA_HOME is not None
         and os.environ.get("CTRLAUG_SKIP_CUDA", "0") != "1"
     )
-    # No -std flag: torch's BuildExtension picks the standard its headers need (C++17 up to
-    # torch 2.13, C++20 from 2.14); forcing one breaks the other.
+    # No C++ standard flag: torch's BuildExtension picks the one its headers need (C++20 for
+    # current torch, C++17 before); forcing one breaks the other. CMakeLists.txt takes the same
+    # standard from torch's CMake target, and names the same flags (tests/test_build.py).
     cxx = ["-O3", "-fopenmp", "-DNDEBUG"]
     link = ["-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]

@@ -8,7 +8,8 @@
 //
 // Two implementations, picked per call by the host dispatcher at the bottom of this file:
 //
-// 1. Tensor-core path (bf16 / fp16, D % 8 == 0, 16-byte aligned rows): mma.sync.m16n8k16 with
+// 1. Tensor-core path (bf16 / fp16, D % 8 == 0, 16-byte aligned rows, a kernel image built for
+//    sm_80 or newer; see CTRLAUG_RC_TC and tc_supported): mma.sync.m16n8k16 with
 //    fp32 accumulators, operands fed by ldmatrix from shared memory, tiles staged with cp.async
 //    (double buffered). 4 warps per block; each warp owns 16*MT rows of the "row" operand
 //    (queries in the forward, keys in the backward) and streams 64 (32 for D > 128) columns of
@@ -21,7 +22,7 @@
 //    the small probabilities of a long key axis stay in fp16's normal range. In the backward the
 //    coefficients are normalised by max|coef| (a tiny pre-pass) for the same reason.
 //
-// 2. SIMT path (float32 for exact fp32 math, and any dtype whose D or alignment excludes path 1):
+// 2. SIMT path (float32 for exact fp32 math, and any dtype or device that excludes path 1):
 //    plain fp32 FMA loops over shared-memory tiles, 8 threads per row.
 //
 // Both paths split the long axis (keys in the forward, queries in the backward) over
@@ -29,6 +30,7 @@
 // blocks of 128 rows on a 132-SM H100). Split partials go to a workspace and are merged by a
 // second kernel: (lse_s, o_s) -> lse = logsumexp_s lse_s, o = sum_s exp(lse_s - lse) o_s in the
 // forward, a plain sum in the backward.
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -38,6 +40,18 @@
 #include <cuda_runtime.h>
 
 #include "kernels.h"
+#include "rc_numerics.h"
+
+// cp.async, ldmatrix and bf16 mma.sync need sm_80. Device passes for older architectures (nvcc 13
+// still targets sm_75) compile the tensor-core kernels to a trap, so that an arch list such as
+// "7.5;8.0;9.0" builds; the host dispatcher never launches them from such an image
+// (tc_supported). The host pass (no __CUDA_ARCH__) sees the full kernels.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define CTRLAUG_RC_TC 1
+#else
+#define CTRLAUG_RC_TC 0
+#pragma nv_diag_suppress 177  // "declared but never referenced": the tensor-core helpers
+#endif
 
 namespace {
 
@@ -300,6 +314,7 @@ __global__ void __launch_bounds__(kThreads)
                      int64_t M, int64_t N, int64_t Ntot, int D, float scale_log2,
                      int64_t tiles_per_split, float* __restrict__ lse_out,
                      float* __restrict__ o_out) {
+#if CTRLAUG_RC_TC
   using Cfg = TcCfg<DP>;
   constexpr int MT = Cfg::MT, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NT = BN / 8;  // n-tiles of the score block
@@ -444,21 +459,24 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+#else
+  __trap();  // pre-sm_80 image: never launched (tc_supported)
+#endif
 }
 
 // Per-query statistics of query tile t (rows t*BN ...) into shared memory with plain loads
 // (made visible to the other warps by the __syncthreads that precedes their first use):
-// l2 = lse * log2(e) and c = coef * cscale; padded queries get l2 = +inf, c = 0, so their
-// P = 0 * 2^-inf = 0 exactly.
+// l2 = lse * log2(e) and c = the scaled coef (rc_numerics.h); padded queries get l2 = +inf,
+// c = 0, so their P = 0 * 2^-inf = 0 exactly.
 template <int BN>
 __device__ __forceinline__ void stage_query_stats(float* l2, float* c, const float* lse,
                                                   const float* coef, int64_t M, int64_t t,
-                                                  float cscale) {
+                                                  const RcCoefScale& cs) {
   for (int i = threadIdx.x; i < BN; i += kThreads) {
     const int64_t qi = t * BN + i;
     const bool valid = qi < M;
     l2[i] = valid ? lse[qi] * kLog2e : INFINITY;
-    c[i] = valid ? coef[qi] * cscale : 0.0f;
+    c[i] = valid ? rc_scaled_coef(coef[qi], cs) : 0.0f;
   }
 }
 
@@ -467,9 +485,10 @@ __device__ __forceinline__ void stage_query_stats(float* l2, float* c, const flo
 // Grid (ceil(N / BM), splits). Block (x, s) owns keys [x*BM, x*BM + BM) (rows of the A
 // operand) and loops over its split's query tiles, recomputing the transposed logit tile
 // S^T = K Q^T from lse:  P^T[j, i] = c_i * 2^(S^T[j, i] * log2(e)/tau - lse_i * log2(e)),
-// with c_i = coef_i * kPScale / max|coef|, then dk += P^T Q. Padded queries get c = 0 and
+// with c_i = (coef_i / max|coef|) * kPScale (rc_coef_scale: finite for any max|coef|), then
+// dk += P^T Q. Padded queries get c = 0 and
 // lse = +inf (so their P is exactly 0); padded keys are computed on zeros and never stored.
-// Writes dk_out[(s*N + key)*D + d], already scaled by max|coef| / (kPScale * tau).
+// Writes dk_out[(s*N + key)*D + d], already scaled back by max|coef| / (kPScale * tau).
 // ------------------------------------------------------------------------------------------
 template <typename T, int DP>
 __global__ void __launch_bounds__(kThreads)
@@ -478,6 +497,7 @@ __global__ void __launch_bounds__(kThreads)
                      const float* __restrict__ coef_absmax, int64_t M, int64_t N, int D,
                      float scale_log2, float inv_tau, int64_t tiles_per_split,
                      float* __restrict__ dk_out) {
+#if CTRLAUG_RC_TC
   using Cfg = TcCfg<DP>;
   constexpr int MT = Cfg::MT, BM = Cfg::BM, BN = Cfg::BN, LDS = Cfg::LDS;
   constexpr int NT = BN / 8;
@@ -500,14 +520,12 @@ __global__ void __launch_bounds__(kThreads)
   int64_t t_end = t_begin + tiles_per_split;
   if (t_end > tiles) t_end = tiles;
 
-  const float amax = *coef_absmax;
-  const float cscale = amax > 0.0f ? Elt<T>::kPScale / amax : 0.0f;
-  const float out_scale = amax / Elt<T>::kPScale * inv_tau;
+  const RcCoefScale cs = rc_coef_scale(*coef_absmax, Elt<T>::kPScale, inv_tau);
 
   stage_rows_async<T, DP, BM>(sK, k, N, nullptr, 0, key0, D, q);
   stage_rows_async<T, DP, BN>(sQ, q, M, nullptr, 0, t_begin * BN, D, q);
   cp_async_commit();
-  stage_query_stats<BN>(sL2, sC, lse, coef, M, t_begin, cscale);
+  stage_query_stats<BN>(sL2, sC, lse, coef, M, t_begin, cs);
 
   float acc[MT][DT][4];
 #pragma unroll
@@ -524,8 +542,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t + 1 < t_end) {
       stage_rows_async<T, DP, BN>(sQ + (buf ^ 1) * BN * LDS, q, M, nullptr, 0, (t + 1) * BN, D,
                                   q);
-      stage_query_stats<BN>(sL2 + (buf ^ 1) * BN, sC + (buf ^ 1) * BN, lse, coef, M, t + 1,
-                            cscale);
+      stage_query_stats<BN>(sL2 + (buf ^ 1) * BN, sC + (buf ^ 1) * BN, lse, coef, M, t + 1, cs);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -574,12 +591,15 @@ __global__ void __launch_bounds__(kThreads)
           const int d = dt * 8 + 2 * tq;
           if (d < D) {
             *reinterpret_cast<float2*>(dst + d) =
-                make_float2(acc[mt][dt][2 * h] * out_scale, acc[mt][dt][2 * h + 1] * out_scale);
+                make_float2(rc_unscale(acc[mt][dt][2 * h], cs), rc_unscale(acc[mt][dt][2 * h + 1], cs));
           }
         }
       }
     }
   }
+#else
+  __trap();  // pre-sm_80 image: never launched (tc_supported)
+#endif
 }
 
 // max_i |coef_i| -> *out (one block).
@@ -601,13 +621,41 @@ __global__ void rc_absmax_kernel(const float* __restrict__ coef, int64_t M,
 // SIMT kernels (fp32 math). Block = 16 rows x 8 threads per row; the 8 threads of a row are 8
 // consecutive lanes of one warp, so row reductions are xor-shuffles 1, 2, 4. Thread (r, sub)
 // scores columns sub + 8j of the tile and accumulates output columns sub + 8jj.
+// The P-times-tile product (simt_accumulate_pv) runs over the tile's rows outside and the
+// thread's output columns inside: one shared load of P feeds DP/8 FMAs (about one shared load
+// per FMA in all, instead of two).
+//
+// Shared-memory banks (32 banks of 4 bytes; a warp = 4 rows r x 8 lanes sub):
+//   sQ/sK rows have stride LD = DP + 1, so the column walks of the dot products (lanes of
+//   different rows at the same d) hit distinct banks;
+//   sP rows have stride LDP = BN + 8: the 4 rows of a warp start 8 banks apart, so the writes
+//   (r, sub + 8j) cover 32 distinct banks and the reads (r, kk) (one address per row,
+//   broadcast to its 8 lanes) 4 distinct banks. A stride of BN (32 or 16 floats) put the 4 rows
+//   on the same bank (a 4-way conflict on every read); BN + 1 fixes the reads but leaves a
+//   4-way conflict on the writes.
 // ------------------------------------------------------------------------------------------
 template <int DP>
 struct SimtCfg {
   static constexpr int BM = 16;                    // rows per block
   static constexpr int BN = DP >= 256 ? 16 : 32;   // streamed rows per tile (static smem < 48 KB)
   static constexpr int LD = DP + 1;                // +1 float: conflict-free column walks
+  static constexpr int LDP = BN + 8;               // row stride of sP (see above)
 };
+
+// acc[jj] += sum_kk p_row[kk] * sV[kk * LD + sub + 8 * jj] over the BN rows of the tile: row kk
+// outside, so each P value is loaded once for DPT FMAs (same summation order per acc[jj] as a
+// column-by-column loop, so the same result).
+template <int BN, int LD, int DPT>
+__device__ __forceinline__ void simt_accumulate_pv(float (&acc)[DPT], const float* p_row,
+                                                   const float* sV, int sub) {
+#pragma unroll 4
+  for (int kk = 0; kk < BN; ++kk) {
+    const float p = p_row[kk];
+    const float* vrow = sV + kk * LD + sub;
+#pragma unroll
+    for (int jj = 0; jj < DPT; ++jj) acc[jj] = fmaf(p, vrow[8 * jj], acc[jj]);
+  }
+}
 
 template <typename T, int DP, bool WITH_O>
 __global__ void __launch_bounds__(kThreads)
@@ -616,12 +664,12 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t tiles_per_split, float* __restrict__ lse_out,
                        float* __restrict__ o_out) {
   using Cfg = SimtCfg<DP>;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, LDP = Cfg::LDP;
   constexpr int KPT = BN / 8;  // scores per thread per tile
   constexpr int DPT = DP / 8;  // output columns per thread
   __shared__ float sQ[BM * LD];
   __shared__ float sK[BN * LD];
-  __shared__ float sP[BM * BN];
+  __shared__ float sP[BM * LDP];
 
   const int r = threadIdx.x >> 3;
   const int sub = threadIdx.x & 7;
@@ -678,19 +726,14 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < KPT; ++j) {
       const float p = fast_exp2(s[j] - m_new);
       sum += p;
-      sP[r * BN + sub + 8 * j] = p;
+      sP[r * LDP + sub + 8 * j] = p;
     }
     l_run = l_run * alpha + sum;
-    if (WITH_O) {
+    if constexpr (WITH_O) {
       __syncwarp();  // row r of sP is written and read by the same 8 lanes of one warp
 #pragma unroll
-      for (int jj = 0; jj < (WITH_O ? DPT : 1); ++jj) {
-        const int c = sub + 8 * jj;
-        float a = o[jj] * alpha;
-#pragma unroll 8
-        for (int kk = 0; kk < BN; ++kk) a = fmaf(sP[r * BN + kk], sK[kk * LD + c], a);
-        o[jj] = a;
-      }
+      for (int jj = 0; jj < DPT; ++jj) o[jj] *= alpha;
+      simt_accumulate_pv<BN, LD, DPT>(o, sP + r * LDP, sK, sub);  // o += P K (V = K)
     }
   }
 
@@ -719,12 +762,12 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t N, int D, float scale_log2, float inv_tau, int64_t tiles_per_split,
                        float* __restrict__ dk_out) {
   using Cfg = SimtCfg<DP>;
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD;
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, LD = Cfg::LD, LDP = Cfg::LDP;
   constexpr int KPT = BN / 8;
   constexpr int DPT = DP / 8;
   __shared__ float sK[BM * LD];  // this block's keys
   __shared__ float sQ[BN * LD];  // current query tile
-  __shared__ float sP[BM * BN];
+  __shared__ float sP[BM * LDP];
   __shared__ float sL2[BN];
   __shared__ float sC[BN];
 
@@ -767,17 +810,10 @@ __global__ void __launch_bounds__(kThreads)
       const int qq = sub + 8 * j;
       float dot = 0.0f;
       for (int d = 0; d < D; ++d) dot = fmaf(sK[r * LD + d], sQ[qq * LD + d], dot);
-      sP[r * BN + qq] = sC[qq] * fast_exp2(fmaf(dot, scale_log2, -sL2[qq]));
+      sP[r * LDP + qq] = sC[qq] * fast_exp2(fmaf(dot, scale_log2, -sL2[qq]));
     }
-    __syncwarp();
-#pragma unroll
-    for (int jj = 0; jj < DPT; ++jj) {
-      const int c = sub + 8 * jj;
-      float a = acc[jj];
-#pragma unroll 8
-      for (int qq = 0; qq < BN; ++qq) a = fmaf(sP[r * BN + qq], sQ[qq * LD + c], a);
-      acc[jj] = a;
-    }
+    __syncwarp();  // row r of sP is written and read by the same 8 lanes of one warp
+    simt_accumulate_pv<BN, LD, DPT>(acc, sP + r * LDP, sQ, sub);  // dk += P^T Q
   }
 
   const int64_t key = key0 + r;
@@ -1116,22 +1152,56 @@ inline bool fwd_tc_ok(const FwdArgs& a) {
          (a.Nq == 0 || aligned16(a.kq));
 }
 
+// Whether the tensor-core kernels may run on the current device: the kernel image the runtime
+// loads for it must come from a device pass with __CUDA_ARCH__ >= 800 (its ptxVersion), which
+// rules out pre-Ampere devices and arch lists whose only image this device can load is older
+// (then CTRLAUG_RC_TC compiled the kernels to a trap). Cached per device; a device for which
+// the build holds no image at all reports the runtime's error (no SIMT image exists either).
+cudaError_t tc_supported(bool* ok) {
+  constexpr int kCached = 64;
+  static std::atomic<int> cache[kCached];  // 0 unknown, 1 no, 2 yes (zero-initialised)
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const int known = (dev >= 0 && dev < kCached) ? cache[dev].load(std::memory_order_relaxed) : 0;
+  if (known != 0) {
+    *ok = known == 2;
+    return cudaSuccess;
+  }
+  cudaFuncAttributes attr;
+  err = cudaFuncGetAttributes(&attr, rc_fwd_tc_kernel<__nv_bfloat16, 64, false>);
+  if (err != cudaSuccess) return err;
+  *ok = attr.ptxVersion >= 80;
+  if (dev >= 0 && dev < kCached) cache[dev].store(*ok ? 2 : 1, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
 cudaError_t fwd_dispatch(int dtype, const FwdArgs& a, size_t* need) {
+  bool tc = false;
+  if (dtype == CTRLAUG_BFLOAT16 || dtype == CTRLAUG_FLOAT16) {
+    const cudaError_t err = tc_supported(&tc);
+    if (err != cudaSuccess) return err;
+    tc = tc && fwd_tc_ok(a);
+  }
   switch (dtype) {
     case CTRLAUG_FLOAT32:
       return fwd_by_d<float, false>(a, need);
     case CTRLAUG_BFLOAT16:
-      return fwd_tc_ok(a) ? fwd_by_d<__nv_bfloat16, true>(a, need)
-                          : fwd_by_d<__nv_bfloat16, false>(a, need);
+      return tc ? fwd_by_d<__nv_bfloat16, true>(a, need) : fwd_by_d<__nv_bfloat16, false>(a, need);
     case CTRLAUG_FLOAT16:
-      return fwd_tc_ok(a) ? fwd_by_d<__half, true>(a, need) : fwd_by_d<__half, false>(a, need);
+      return tc ? fwd_by_d<__half, true>(a, need) : fwd_by_d<__half, false>(a, need);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
 cudaError_t bwd_dispatch(int dtype, const BwdArgs& a, size_t* need) {
-  const bool tc = a.D % 8 == 0 && aligned16(a.q) && aligned16(a.k);
+  bool tc = false;
+  if (dtype == CTRLAUG_BFLOAT16 || dtype == CTRLAUG_FLOAT16) {
+    const cudaError_t err = tc_supported(&tc);
+    if (err != cudaSuccess) return err;
+    tc = tc && a.D % 8 == 0 && aligned16(a.q) && aligned16(a.k);
+  }
   switch (dtype) {
     case CTRLAUG_FLOAT32:
       return bwd_by_d<float, false>(a, need);
