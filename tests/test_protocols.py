@@ -118,3 +118,16 @@ def test_video_score_averages_softmax_not_logits():
     r = evaluate_clips(logits, labels)
     assert r["video_top1"] == pytest.approx(100.0)
     assert r["clip_top1"] == pytest.approx(100.0 * 4 / 6)
+
+
+def test_linear_probe_applies_the_train_standardisation_at_test_time():
+    # Features with a tiny spread around a large offset: only the train mean *and* std make the
+    # classes separable for the linear layer, so forgetting either one at test time shows.
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 4
+    centres = torch.randn(4, 16, generator=g) * 3
+    x = (centres[y] + 0.3 * torch.randn(64, 16, generator=g)) * 1e-3 + 5.0
+    clf = ev.fit_linear_clips(x[:, None], y, 4, epochs=100, seed=0)
+    with torch.no_grad():
+        acc = (clf(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.95, acc
