@@ -75,11 +75,12 @@ def test_dry_run_wires_every_step(tmp_path):
     assert steps["build"]["rc"] in (0, 2)
     for name in ("tests_cuda", "tests_triton", "bench_corr"):
         assert steps[name]["rc"] == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
-    # without CUDA the region-contrast harness has only CPU shapes: the K selection finds none
+    # without CUDA the region-contrast harness has only CPU shapes: the K selection finds the CPU
+    # shape whose K is 16384 (collected, rc 0) or none (rc 5); either way the step itself works
     import torch
 
     for name in ("bench_rc", "bench_rc_cuda_fp32"):
-        assert steps[name]["rc"] in ((0,) if torch.cuda.is_available() else (5,)), steps[name]
+        assert steps[name]["rc"] in ((0,) if torch.cuda.is_available() else (0, 5)), steps[name]
     collected = (tmp_path / "tests_cuda.log").read_text()
     assert "test_backend_opcheck[cuda]" in collected and "test_compile_fullgraph[cuda]" in collected
     assert "test_half_backward_tiny_and_zero_coefficients" in collected
