@@ -1,4 +1,4 @@
-// CPU (OpenMP) kernel of ctrlaug::correspondence (supplementary eq. 1-5; contract: DESIGN.md §2).
+// CPU (OpenMP) kernel of ctrlaug::correspondence (supplementary eq. 1-5; contract: docs/design.md §2).
 //
 //   S[p, i, j] = |tube(clip p, cell i) ∩ tube(video p, cell j)| / |tube(clip p, cell i)|
 //

@@ -1,5 +1,5 @@
 // CPU (OpenMP) kernels of ctrlaug::region_contrast_fwd / region_contrast_bwd: the dense part of
-// the region-contrast loss (paper eq. 3-4, DESIGN.md §2), fused and tiled so that the [M, N]
+// the region-contrast loss (paper eq. 3-4, docs/design.md §2), fused and tiled so that the [M, N]
 // logits matrix is never materialised. Semantics: region_contrast_{fwd,bwd}_ref in
 // ctrlaug/ops/reference.py.
 //

@@ -1,4 +1,4 @@
-"""Triton kernel for the clip-cell / video-cell correspondence matrix (DESIGN.md §2).
+"""Triton kernel for the clip-cell / video-cell correspondence matrix (docs/design.md §2).
 
 ``S[p, i, j] = |tube(clip p, cell i) ∩ tube(video of clip p, cell j)| / |tube(clip p, cell i)|``
 

@@ -1,4 +1,4 @@
-"""Triton kernels for the dense part of the region-contrast loss (DESIGN.md §2).
+"""Triton kernels for the dense part of the region-contrast loss (docs/design.md §2).
 
 Two building blocks, specified by ``ctrlaug.ops.reference.region_contrast_{fwd,bwd}_ref``:
 

@@ -1,5 +1,5 @@
 """ctrlaug.ops.region_contrast: the spec against an independent oracle, and every backend
-against the spec for values and gradients (DESIGN.md §4 tolerance rule)."""
+against the spec for values and gradients (docs/design.md §4 tolerance rule)."""
 
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def test_backend_matches_reference_half(backend, dtype, shape):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_tight_half_bound_rejects_a_kernel_that_rounds_more(dtype):
-    """The reference run entirely in the half dtype passes the DESIGN.md rule by construction (it
+    """The reference run entirely in the half dtype passes the docs/design.md rule by construction (it
     *is* that rule's yardstick) but rounds the logits and the log-sum-exp: the flash-rounding
     bound must reject it, or the bound would not catch a kernel that bad."""
     shape = SHAPES[2]

@@ -1,4 +1,4 @@
-"""The tolerance rule of DESIGN.md §4 (after flash-attn and Cut Cross-Entropy).
+"""The tolerance rule of docs/design.md §4 (after flash-attn and Cut Cross-Entropy).
 
 Ground truth is computed in float64; the reference is run in the test dtype; a kernel passes
 when ``max|kernel - truth| <= 2 * max|ref - truth| + atol``. The factor 2 and the atol values
@@ -52,7 +52,7 @@ def skip_unless(backend: str, device: torch.device, op: str, dtype: torch.dtype 
             )
         pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")
     if device.type == "cpu" and backend == "triton" and dtype != torch.float32:
-        pytest.skip("the Triton interpreter is exact only in float32 (DESIGN.md §5)")
+        pytest.skip("the Triton interpreter is exact only in float32 (docs/design.md §5)")
 
 
 # ---------------------------------------------------------------------------------------------

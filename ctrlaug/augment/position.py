@@ -1,7 +1,7 @@
 """Position augmentations tau_p: temporal sampling, spatial crop and flip, returned as data.
 
 Every view is described by a box ``(t0, t1, y0, y1, x0, x1, flip)`` in the *source video's*
-normalised coordinates (DESIGN.md §2), the format ``ctrlaug.ops.correspondence`` consumes:
+normalised coordinates (docs/design.md §2), the format ``ctrlaug.ops.correspondence`` consumes:
 
 * time: frame ``f`` of a ``T``-frame video covers ``[f/T, (f+1)/T]``, so a clip of frames
   ``a, a+s, ..., b`` has ``t0 = a/T`` and ``t1 = (b+1)/T``;

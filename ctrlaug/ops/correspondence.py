@@ -36,7 +36,7 @@ def correspondence(
 
     Args:
         clip_boxes: [P, 7] float boxes ``(t0, t1, y0, y1, x0, x1, flip)`` in source-video
-            normalised coordinates (DESIGN.md §2). ``flip`` = 1 mirrors the view horizontally.
+            normalised coordinates (docs/design.md §2). ``flip`` = 1 mirrors the view horizontally.
         video_boxes: [P, 7], row p is the box of clip p's video (gather by owner beforehand).
         clip_grid: (Tc, H, W) of the clip feature map, e.g. (2, 4, 4).
         video_grid: (Tv, Hv, Wv) of the global feature map, e.g. (8, 4, 4).

@@ -4,7 +4,7 @@ Every fused backend (``cpp``, ``triton``, ``cuda``) is checked against these fun
 They favour being an obviously-correct transcription of the paper over speed, and they
 may materialise everything (the full logits matrix, every pairwise tube intersection).
 
-Box contract (DESIGN.md §2): a view box is 7 floats ``(t0, t1, y0, y1, x0, x1, flip)`` in
+Box contract (docs/design.md §2): a view box is 7 floats ``(t0, t1, y0, y1, x0, x1, flip)`` in
 the *source video's* normalised coordinates. A feature grid ``(T, H, W)`` splits the box
 evenly; cells are flattened t-major, then h, then w. When ``flip`` is 1 the view is mirrored,
 so feature column ``w`` covers the source x-range of column ``W-1-w`` of the unflipped view.
