@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ctrlaug.data import build_train_dataset
 from ctrlaug.models import build_encoder, normalize_input, pool
 
 __all__ = [
@@ -277,8 +278,6 @@ def _eval_config(
 
 
 def _build(c, split: str, mode: str):
-    from ctrlaug.train import build_train_dataset
-
     try:
         return build_train_dataset(c, split, mode=mode)
     except (ValueError, OSError) as e:

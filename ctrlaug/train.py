@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctrlaug.augment import augment_batch, sample_level_params, sample_levels
 from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
-from ctrlaug.data import build_dataset, collate_views
+from ctrlaug.data import build_train_dataset, collate_views
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
 from ctrlaug.utils import dist as cdist
@@ -128,28 +128,6 @@ def build_objective(cfg: TrainConfig) -> CtrlAugObjective:
         mi=mi,
         td=td,
         nce=nce,
-    )
-
-
-def _data_config(cfg: TrainConfig):
-    return dataclasses.replace(cfg.data, seed=cfg.seed if cfg.data.seed is None else cfg.data.seed)
-
-
-def build_train_dataset(cfg: TrainConfig, split: str | None = None, mode: str = "pretrain"):
-    """The pretraining (or, with ``mode="eval"``, evaluation) dataset of the config."""
-    kw = {}
-    if cfg.dataset in ("ucf101", "hmdb51"):
-        kw["fold"] = cfg.fold
-    return build_dataset(
-        cfg.dataset,
-        cfg.data_root or None,
-        split or cfg.split,
-        augment=cfg.augment,
-        data=_data_config(cfg),
-        mode=mode,
-        synth=cfg.synthetic,
-        shapes=cfg.shapes,
-        **kw,
     )
 
 

@@ -7,7 +7,15 @@ and Pillow when a frame folder is read.
 
 from . import decode
 from .collate import collate_views, make_collate
-from .dataset import BadVideoLog, DataConfig, SyntheticMotion, SyntheticShapes, VideoDataset, build_dataset
+from .dataset import (
+    BadVideoLog,
+    DataConfig,
+    SyntheticMotion,
+    SyntheticShapes,
+    VideoDataset,
+    build_dataset,
+    build_train_dataset,
+)
 from .decode import BadVideoError, VideoInfo, open_video, probe_video, read_frames, write_video
 from .records import FORMATS, DatasetFormatError, RecordList, VideoRecord, format_splits, load_records
 from .shapes import FACTORS, ShapesConfig, render_shapes, shape_factors, write_shapes
@@ -16,6 +24,7 @@ from .synthetic import MOTION_CLASSES, SyntheticConfig, render_video, write_synt
 __all__ = [
     "decode",
     "build_dataset",
+    "build_train_dataset",
     "VideoDataset",
     "SyntheticMotion",
     "SyntheticShapes",

@@ -12,6 +12,7 @@ replaced by another sample, and listed in the sample's ``"skipped"`` entry so th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from .records import RecordList, VideoRecord, load_records
 from .shapes import ShapesConfig, ShapesReader, render_shapes, shape_factors, write_shapes
 from .synthetic import SyntheticConfig, SyntheticReader
 
-__all__ = ["DataConfig", "VideoDataset", "SyntheticMotion", "SyntheticShapes", "build_dataset", "BadVideoLog"]
+__all__ = [
+    "DataConfig",
+    "VideoDataset",
+    "SyntheticMotion",
+    "SyntheticShapes",
+    "build_dataset",
+    "build_train_dataset",
+    "BadVideoLog",
+]
 
 log = logging.getLogger("ctrlaug.data")
 
@@ -330,6 +339,27 @@ def build_dataset(
     if root is None:
         raise ValueError(f"build_dataset({format!r}) needs a root directory")
     return VideoDataset(load_records(fmt, os.fspath(root), split, **format_kwargs), augment, data, mode)
+
+
+def build_train_dataset(cfg, split: str | None = None, mode: str = "pretrain") -> VideoDataset:
+    """The pretraining (or, with ``mode="eval"``, evaluation) dataset of a training config
+    (:class:`ctrlaug.config.TrainConfig`: ``dataset``, ``data_root``, ``split``, ``fold``,
+    ``augment``, ``data``, ``synthetic``, ``shapes``, ``seed``). ``data.seed`` None = the run seed."""
+    kw = {}
+    if cfg.dataset in ("ucf101", "hmdb51"):
+        kw["fold"] = cfg.fold
+    data = dataclasses.replace(cfg.data, seed=cfg.seed if cfg.data.seed is None else cfg.data.seed)
+    return build_dataset(
+        cfg.dataset,
+        cfg.data_root or None,
+        split or cfg.split,
+        augment=cfg.augment,
+        data=data,
+        mode=mode,
+        synth=cfg.synthetic,
+        shapes=cfg.shapes,
+        **kw,
+    )
 
 
 class BadVideoLog:
