@@ -48,7 +48,6 @@ Cost: 6 forward passes per held-out video with the default 4 levels, plus one pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -70,9 +69,10 @@ from ctrlaug.augment import (
     sample_level_params,
 )
 from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
-from ctrlaug.evaluate import EvalError, knn_top1, load_encoder, resolve_device
+from ctrlaug.evaluate import EvalError, knn_top1, load_encoder, resolve_device, run_cli
 from ctrlaug.models import normalize_input, pool
 from ctrlaug.probe import fit_factor_probes
+from ctrlaug.utils.threads import one_thread
 
 __all__ = [
     "LEVEL_COMPONENTS",
@@ -286,17 +286,6 @@ def reverse_clip(clips: torch.Tensor) -> torch.Tensor:
     return clips.flip(2)
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """Tiny probe problems: one torch thread (two threads on a busy 2-core CPU were 20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _render(shapes: ShapesConfig, split: str, indices, aug: AugmentConfig):
     """Centre clips (uint8 [B, 3, F, S, S]), object coverage [B, F, S, S] and factor dicts."""
     rendered = [render_shapes(shapes, split, i) for i in indices]
@@ -384,7 +373,7 @@ def diagnose(
     finally:
         encoder.train(was)
     half = video_split(n_te, seed)
-    with _single_thread():
+    with one_thread():
         level, arrow, factors = _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, probe_epochs, seed)
     grid = tuple(te["maps"].shape[1:])
     foc = focus_ratio(te["maps"], masks_to_grid(te["masks"], grid))
@@ -601,13 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

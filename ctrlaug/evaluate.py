@@ -603,14 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, call ``run_fn(args)``; an :class:`EvalError` (bad input the user can fix)
+    prints one ``error:`` line and returns 2. Shared by the evaluate and diagnose CLIs."""
+    args = parser.parse_args(argv)
     try:
-        run(args)
+        run_fn(args)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

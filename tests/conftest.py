@@ -28,7 +28,7 @@ def _seed():
 @pytest.fixture
 def one_thread():
     """Tiny training problems: one torch thread avoids oversubscription on a 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from ctrlaug.utils.threads import one_thread as ctx  # after TRITON_INTERPRET is set
+
+    with ctx():
+        yield

@@ -1,6 +1,5 @@
 """The four objectives: shapes, MINE accuracy, gradient reversal, and L_rc against the reference op."""
 
-import contextlib
 import math
 
 import pytest
@@ -24,6 +23,7 @@ from ctrlaug.losses import (
 )
 from ctrlaug.models import ProjectionHead, StatisticsNetwork, build_encoder
 from ctrlaug.ops import correspondence_ref, region_contrast_ref
+from ctrlaug.utils.threads import one_thread
 
 
 def _boxes(B, K, gen):
@@ -133,17 +133,6 @@ def test_feature_queue_is_fifo():
 # ---------------------------------------------------------------------------------------------
 # MI bounds, MINE, gradient reversal
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Tiny matmuls and GRUs: one thread is fastest and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _correlated(n, d, rho, gen):
