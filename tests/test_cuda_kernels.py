@@ -23,6 +23,7 @@ from tolerance import ATOL
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
 RC_KERNEL = os.path.join(CUDA_DIR, "region_contrast_kernel.cu")
+RC_TENSOR_CORE = os.path.join(CUDA_DIR, "rc_mma.cuh")  # the tensor-core path, included by RC_KERNEL
 FLT_MIN = 2.0**-126
 FLT_MAX = (2 - 2.0**-23) * 2.0**127
 TAU = 0.07
@@ -100,7 +101,8 @@ def test_coef_scale_is_finite_and_exact(compiler, tmp_path):
 
 def test_tensor_core_backward_uses_the_tested_scaling():
     """The kernel calls the helpers above instead of its own copy of the formula."""
-    text = open(RC_KERNEL).read()
+    assert '#include "rc_mma.cuh"' in open(RC_KERNEL).read()
+    text = open(RC_TENSOR_CORE).read()
     assert '#include "rc_numerics.h"' in text
     assert "rc_coef_scale(*coef_absmax, Elt<T>::kPScale, inv_tau)" in text
     assert "rc_scaled_coef(coef[qi], cs)" in text
