@@ -13,9 +13,8 @@
 // So the result is bit-identical to the reference (the tables are not pre-divided by the cell
 // length: that would save one division per element but move results by up to 1 ulp).
 //
-// Speed (2-core AMD EPYC shared with other jobs, 2 threads, P=512, clip grid 2x4x4 vs video grid
-// 8x4x4, 8 MiB of output): 1.2-6 ms (best of 20) against 310-650 ms for correspondence_ref, over
-// 50x. The work is one division and two multiplies per output element; writing the output bounds it.
+// Speed: the work is one division and two multiplies per output element, so writing the output
+// bounds it. Timings against correspondence_ref: bench/RESULTS.md.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>

@@ -48,18 +48,14 @@
 //   (2 x 64 KiB) in L2 (1 MiB/core here); the micro-kernels' streams (one 8 KiB key panel, or a
 //   128x16 slice of Kr) sit in L1. Both micro-kernels keep 12 ymm accumulators (6 rows x 2
 //   vectors) and issue 8 loads per 12 FMAs. 192-row forward blocks halve the key streaming per
-//   FLOP against 96 (each task reads all packed keys once): forward 0.92 -> 0.96x of sgemm.
-//   Measured here (AMD EPYC, AVX2, 2 cores, 2.6 GHz, shared with other jobs; M=2048, N=32768,
-//   D=128 fp32, fwd(with_grad)+bwd = 68.7 GFLOP), as fractions of MKL sgemm (n=1536) timed in the
-//   same process, one thread, CPU time: forward 0.96x, backward 0.99-1.02x, fwd+bwd 1.00x (about
-//   76 GFLOP/s, 92% of the 83 GFLOP/s FMA peak of one core). perf, one thread: the two GEMM
-//   micro-kernels take 89% of the kernel's cycles, softmax + exp 8%, packing 2%. So tiles handed
-//   to MKL (at::mm_out) could not be faster than these micro-kernels here, and PyTorch's CPU
-//   flash attention forward (aten::_scaled_dot_product_flash_attention_for_cpu with V = K, which
-//   gives the same lse and o) measured 257 ms against this forward's 251 ms (2 threads, quiet
-//   machine, before the changes above). Wall times and the comparison with torch.compile:
-//   bench/RESULTS.md. Tried and dropped earlier: BC in {64, 256}, unrolling the micro-kernel
-//   loops by 4, software prefetch of the next tile (no measurable change).
+//   FLOP against 96 (each task reads all packed keys once).
+//   Why not hand the tiles to MKL (at::mm_out) or use PyTorch's CPU flash attention
+//   (aten::_scaled_dot_product_flash_attention_for_cpu with V = K, which gives the same lse and
+//   o): the two GEMM micro-kernels run at about sgemm speed and take most of the kernel's cycles
+//   (perf), so neither could be faster here. The measurements behind this (fractions of MKL
+//   sgemm, the perf profile, the flash-attention comparison), the wall times and the comparison
+//   with torch.compile: bench/RESULTS.md. Tried and dropped earlier: BC in {64, 256}, unrolling
+//   the micro-kernel loops by 4, software prefetch of the next tile (no measurable change).
 //
 // Portable path: the same tiling with plain loops (vectorised by the compiler for the baseline
 // ISA), used for float64, for CPUs without AVX2/FMA, and when CTRLAUG_CPU_PORTABLE=1.

@@ -49,15 +49,8 @@ the input dtypes); the candidates are the usual flash-attention tiles for sm_80/
 pruned by a shared-memory estimate before benchmarking (``CTRLAUG_TRITON_AUTOTUNE=0`` skips the
 benchmarking and takes the first candidate that fits). Under ``TRITON_INTERPRET=1`` autotune
 is off and one fixed large tile is used (``_INTERP_BLOCK_M/_N``) because the interpreter's cost
-is per program and per loop iteration.
-
-Measured (H200, torch 2.11 + triton 3.6, bf16, M = 16384, N = 131072, D = 128, no queue):
-autotune picked forward BLOCK_M=128, BLOCK_N=128, 8 warps, 3 stages and backward BLOCK_N=128,
-BLOCK_M=32, 4 warps, 4 stages; forward (with o) 1.99 ms = 554 TFLOP/s, forward without o
-1.29 ms, backward 2.14 ms = 513 TFLOP/s, together 533 TFLOP/s counting 8*M*N*D flops, 75% of the
-same run's 8192^3 bf16 torch matmul (707 TFLOP/s). Autotuning both kernels took 21 s.
-M = 16384 against N = 1,048,576 keys plus a 65,536-row queue ran (finite, errors against float64
-on sampled rows as at the small shapes), 3.3 GB peak memory.
+is per program and per loop iteration. Timings, the configs autotune picked and the largest
+shapes run: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -491,10 +484,9 @@ else:
 
 
 # Exact fp32 (precise=True) is a testing mode: tl.dot with input_precision="ieee" lowers to FMA
-# loops fully unrolled over the tile, whose compile time grows with BLOCK_M * BLOCK_N * D (on
-# triton 3.6 / H200 a 128x64 tile took ~20 s per kernel at D = 200-256). A small fixed tile makes
-# compiles shorter (fwd + bwd at D = 200 took 28 s on a fresh H200, Triton's one-time driver build
-# included); speed is irrelevant there, so it is never autotuned.
+# loops fully unrolled over the tile, whose compile time grows with BLOCK_M * BLOCK_N * D. A small
+# fixed tile keeps compiles short (compile times: bench/RESULTS.md); speed is irrelevant there,
+# so it is never autotuned.
 _PRECISE_CFG = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)
 
 
