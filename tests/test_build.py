@@ -35,6 +35,63 @@ def test_cuda_sources_exist():
     assert len(KERNELS) >= 2, "csrc/cuda/correspondence_kernel.cu and region_contrast_kernel.cu expected"
 
 
+CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
+DEVICE_HEADERS = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cuh")) + glob.glob(os.path.join(CUDA_DIR, "*.h")))
+
+
+@pytest.mark.parametrize("header", DEVICE_HEADERS, ids=os.path.basename)
+def test_cuda_headers_stay_torch_free(header):
+    """The headers the kernel files include (kernels.h, rc_numerics.h and the pieces of the split
+    region-contrast kernel) compile with a bare nvcc too."""
+    text = open(header).read()
+    for banned in ("#include <torch", "#include <ATen", "#include <c10"):
+        assert banned not in text, f"{header}: kernel headers stay free of torch headers ({banned})"
+
+
+def _setup_sources(with_cuda: bool) -> list[str]:
+    """What setup.py's ``csrc_sources`` returns, without running ``setup()``."""
+    import ast
+
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "csrc_sources")
+    ns = {"glob": glob}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), "setup.py", "exec"), ns)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return [os.path.join(ROOT, s) for s in ns["csrc_sources"](with_cuda)]
+    finally:
+        os.chdir(cwd)
+
+
+def _local_includes(path: str) -> set[str]:
+    import re
+
+    return set(re.findall(r'^#include "([^"]+)"', open(path).read(), flags=re.M))
+
+
+def test_every_cuda_header_is_compiled_through_a_kernel_file():
+    """setup.py (and CMake, which globs the same csrc/cuda/*.cu) compiles each kernel file once
+    and no header on its own; every csrc/cuda header is reached from a kernel file's includes, so
+    none silently drops out of both builds (the region-contrast kernel is split over .cuh files
+    compiled as one translation unit)."""
+    sources = _setup_sources(True)
+    assert sorted(s for s in sources if s.startswith(CUDA_DIR) and s.endswith(".cu")) == sorted(
+        glob.glob(os.path.join(CUDA_DIR, "*.cu"))
+    )
+    assert not [s for s in sources if s.endswith((".cuh", ".h"))], "headers are not compiled on their own"
+    assert not [s for s in _setup_sources(False) if s.startswith(CUDA_DIR)], "no CUDA source in a CPU build"
+    reached, todo = set(), [s for s in sources if s.startswith(CUDA_DIR)]
+    while todo:
+        for name in _local_includes(todo.pop()):
+            path = os.path.join(CUDA_DIR, name)
+            if os.path.exists(path) and path not in reached:
+                reached.add(path)
+                todo.append(path)
+    orphans = sorted(os.path.basename(h) for h in DEVICE_HEADERS if h not in reached)
+    assert not orphans, f"csrc/cuda headers no kernel file includes: {orphans}"
+
+
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     e = dict(os.environ, **env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, cwd=ROOT)
