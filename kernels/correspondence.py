@@ -116,27 +116,13 @@ def _correspondence_kernel(
     tl.store(out_ptr + out_offs, s.to(tl.float32), mask=mask_i[:, None] & mask_j[None, :])
 
 
-def _check_grid(name: str, grid) -> tuple[int, int, int]:
-    try:
-        g = tuple(int(v) for v in grid)
-    except TypeError as exc:
-        raise ValueError(f"{name} must be a (T, H, W) triple of ints, got {grid!r}") from exc
-    if len(g) != 3 or any(v <= 0 for v in g):
-        raise ValueError(f"{name} must be a (T, H, W) triple of positive ints, got {grid!r}")
-    return g
-
-
-def _check_boxes(name: str, boxes: torch.Tensor) -> None:
-    if not isinstance(boxes, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
-    if boxes.dim() != 2 or boxes.shape[1] != 7:
-        raise ValueError(
-            f"{name} must have shape [P, 7] (t0, t1, y0, y1, x0, x1, flip), got {tuple(boxes.shape)}"
-        )
-    if boxes.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} must be a floating tensor (float32/float64/float16/bfloat16), got {boxes.dtype}"
-        )
+def _assert_boxes(clip_boxes: torch.Tensor, video_boxes: torch.Tensor) -> None:
+    """Cheap asserts only: ``ctrlaug.ops.correspondence`` validates every argument first."""
+    for b in (clip_boxes, video_boxes):
+        assert b.dim() == 2 and b.shape[1] == 7, f"boxes must be [P, 7], got {tuple(b.shape)}"
+        assert b.dtype in _FLOAT_DTYPES, f"boxes must be floating point, got {b.dtype}"
+    assert clip_boxes.shape[0] == video_boxes.shape[0], "one video box per clip box"
+    assert clip_boxes.device == video_boxes.device, "boxes on one device"
 
 
 def _block(n: int, cap: int) -> int:
@@ -154,25 +140,15 @@ def correspondence(
     clip_boxes, video_boxes: [P, 7] float boxes ``(t0, t1, y0, y1, x0, x1, flip)`` in source
     coordinates (row p of ``video_boxes`` is the video of clip p). clip_grid (Tc, H, W) and
     video_grid (Tv, Hv, Wv) are the feature grids. Rows of degenerate clip cells are zero.
-    Tensors must be on a CUDA device, or on CPU with ``TRITON_INTERPRET=1``.
+    Tensors must be on a CUDA device, or on CPU with ``TRITON_INTERPRET=1``. The arguments are
+    validated by ``ctrlaug.ops.correspondence``; this launcher only asserts.
     """
-    _check_boxes("clip_boxes", clip_boxes)
-    _check_boxes("video_boxes", video_boxes)
-    if clip_boxes.shape[0] != video_boxes.shape[0]:
-        raise ValueError(
-            f"clip_boxes and video_boxes need the same number of rows, got {clip_boxes.shape[0]} "
-            f"and {video_boxes.shape[0]}"
-        )
-    if clip_boxes.device != video_boxes.device:
-        raise ValueError(f"clip_boxes on {clip_boxes.device} but video_boxes on {video_boxes.device}")
+    _assert_boxes(clip_boxes, video_boxes)
     dev = clip_boxes.device
-    if dev.type != "cuda" and not (_INTERPRET and dev.type == "cpu"):
-        raise ValueError(
-            f"the Triton correspondence kernel needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
-            f"got device {dev}"
-        )
-    tc, hc, wc = _check_grid("clip_grid", clip_grid)
-    tv, hv, wv = _check_grid("video_grid", video_grid)
+    assert dev.type == "cuda" or (_INTERPRET and dev.type == "cpu"), f"Triton kernel got device {dev}"
+    tc, hc, wc = (int(v) for v in clip_grid)
+    tv, hv, wv = (int(v) for v in video_grid)
+    assert min(tc, hc, wc, tv, hv, wv) > 0, f"grids must be positive, got {clip_grid} and {video_grid}"
     nc, nv = tc * hc * wc, tv * hv * wv
     P = clip_boxes.shape[0]
 

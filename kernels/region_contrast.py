@@ -505,41 +505,27 @@ def _launch_cfg(configs, rows_name: str, stream_name: str, x: torch.Tensor, bloc
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_matrix(name: str, x: torch.Tensor, d: int | None = None, any_float: bool = False) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [rows, D], got shape {tuple(x.shape)}")
-    if any_float and not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
-    if not any_float and x.dtype not in _DTYPES:
-        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-    if d is not None and x.shape[1] != d:
-        raise ValueError(f"{name} has feature width {x.shape[1]}, expected D = {d}")
+# Cheap asserts only: ``ctrlaug.ops.region_contrast`` validates every argument (and resolves the
+# backend against the capability table, D <= MAX_D and the dtypes included) before these run.
 
 
-def _check_device(dev: torch.device, *tensors: tuple[str, torch.Tensor]) -> None:
-    for name, t in tensors:
-        if t.device != dev:
-            raise ValueError(f"{name} is on {t.device}, expected {dev} (all inputs on one device)")
-    if dev.type != "cuda" and not (_INTERPRET and dev.type == "cpu"):
-        raise ValueError(
-            f"the Triton region_contrast kernels need CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
-            f"got device {dev}"
-        )
+def _assert_features(queries: torch.Tensor, keys: torch.Tensor, *others: torch.Tensor) -> int:
+    """Shared asserts of both launchers; returns BLOCK_D."""
+    assert queries.dim() == 2 and keys.dim() == 2, "queries and keys must be 2-D [rows, D]"
+    assert queries.dtype in _DTYPES and keys.dtype == queries.dtype, f"dtypes {queries.dtype}, {keys.dtype}"
+    D = queries.shape[1]
+    assert keys.shape[1] == D, f"feature widths {D} and {keys.shape[1]}"
+    assert D <= MAX_D, f"feature width D = {D} > {MAX_D}"
+    dev = queries.device
+    assert all(t.device == dev for t in (keys, *others)), "all inputs on one device"
+    assert dev.type == "cuda" or (_INTERPRET and dev.type == "cpu"), f"Triton kernels got device {dev}"
+    return max(16, triton.next_power_of_2(D))
 
 
-def _check_tau(tau: float) -> float:
+def _assert_tau(tau: float) -> float:
     tau = float(tau)
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive finite float, got {tau}")
+    assert math.isfinite(tau) and tau > 0, f"tau = {tau}"
     return tau
-
-
-def _block_d(d: int) -> int:
-    if d > MAX_D:
-        raise ValueError(f"feature width D = {d} exceeds the Triton kernels' maximum of {MAX_D}")
-    return max(16, triton.next_power_of_2(d))
 
 
 def _precision(dtype: torch.dtype, precise: bool) -> str:
@@ -566,21 +552,14 @@ def region_contrast_fwd(
     use exact IEEE fp32 products instead of TF32 (no effect for bf16/fp16). An empty key pool
     (N + Nq = 0) gives ``lse = -inf`` and ``o = 0``.
     """
-    _check_matrix("queries", queries)
+    block_d = _assert_features(queries, keys, *(() if queue is None else (queue,)))
     D = queries.shape[1]
-    _check_matrix("keys", keys, D)
-    if keys.dtype != queries.dtype:
-        raise ValueError(f"queries ({queries.dtype}) and keys ({keys.dtype}) must have the same dtype")
     dev = queries.device
     if queue is not None:
-        _check_matrix("queue", queue, D, any_float=True)
-        _check_device(dev, ("keys", keys), ("queue", queue))
+        assert queue.dim() == 2 and queue.shape[1] == D and queue.is_floating_point(), "queue [Nq, D] float"
         if queue.dtype != keys.dtype:
             queue = queue.to(keys.dtype)
-    else:
-        _check_device(dev, ("keys", keys))
-    tau = _check_tau(tau)
-    block_d = _block_d(D)
+    tau = _assert_tau(tau)
 
     M, N = queries.shape[0], keys.shape[0]
     NQ = 0 if queue is None else queue.shape[0]
@@ -631,22 +610,13 @@ def region_contrast_bwd(
     queries [M, D], keys [N, D] (float32/bfloat16/float16, one dtype, D <= 256), lse [M] and
     coef [M] (cast to float32). Returns dk [N, D] float32. ``precise`` as in the forward.
     """
-    _check_matrix("queries", queries)
+    block_d = _assert_features(queries, keys, lse, coef)
     D = queries.shape[1]
-    _check_matrix("keys", keys, D)
-    if keys.dtype != queries.dtype:
-        raise ValueError(f"queries ({queries.dtype}) and keys ({keys.dtype}) must have the same dtype")
     M, N = queries.shape[0], keys.shape[0]
-    for name, v in (("lse", lse), ("coef", coef)):
-        if not isinstance(v, torch.Tensor) or v.shape != (M,):
-            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise ValueError(f"{name} must be a [M] = [{M}] tensor, got {shape}")
-        if not v.is_floating_point():
-            raise ValueError(f"{name} must be floating point, got {v.dtype}")
+    for v in (lse, coef):
+        assert v.shape == (M,) and v.is_floating_point(), f"lse and coef must be float [M] = [{M}]"
     dev = queries.device
-    _check_device(dev, ("keys", keys), ("lse", lse), ("coef", coef))
-    tau = _check_tau(tau)
-    block_d = _block_d(D)
+    tau = _assert_tau(tau)
 
     dk = torch.empty((N, D), dtype=torch.float32, device=dev)
     if N == 0:

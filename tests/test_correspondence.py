@@ -141,6 +141,36 @@ def test_public_op_validates():
         correspondence(b, b, (2, 4, 4), (8, 4, 4), backend="nope")
 
 
+@pytest.mark.parametrize("backend", ("auto", "reference") + FUSED)
+@pytest.mark.parametrize("grids", [((0, 4, 4), (8, 4, 4)), ((2, 4, 4), (8, 0, 4)), ((2, -1, 4), (8, 4, 4))])
+def test_zero_or_negative_grid_rejected_by_every_backend(backend, grids):
+    """The op validates before it resolves: a zero grid is a ValueError whatever the backend
+    (the CUDA binding used to accept zeros where the CPU one refused them)."""
+    b = torch.zeros(3, 7)
+    with pytest.raises(ValueError, match="must be three positive ints"):
+        correspondence(b, b, *grids, backend=backend)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_backend_asserts_positive_grids(backend):
+    """Behind the op, each registered kernel still refuses a zero grid (an assert, not a result)."""
+    dev = device_for(backend)
+    _skip_unless(backend, dev)
+    from ctrlaug.ops._registry import op_handle
+
+    b = nested_boxes(3, torch.Generator().manual_seed(0))[0].float().to(dev)
+    with pytest.raises((RuntimeError, AssertionError), match="positive"):
+        op_handle(backend, "correspondence")(b, b, [2, 0, 4], [8, 4, 4])
+
+
+@pytest.mark.parametrize("backend", ("auto", "reference") + FUSED)
+def test_box_dtype_is_a_type_error_on_every_backend(backend):
+    with pytest.raises(TypeError, match="clip_boxes must be a floating tensor"):
+        correspondence(
+            torch.zeros(3, 7, dtype=torch.int64), torch.zeros(3, 7), (2, 4, 4), (8, 4, 4), backend=backend
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # Every fused backend against the spec (values; there are no gradients: boxes are data)
 # ------------------------------------------------------------------------------------------

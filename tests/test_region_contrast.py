@@ -3,6 +3,9 @@ against the spec for values and gradients (docs/design.md §4 tolerance rule).""
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -365,10 +368,14 @@ def test_clear_errors():
         region_contrast(q, k[:-1], t, owner)
     with pytest.raises(IndexError, match="owner values must lie in"):
         region_contrast(q, k, t, torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match="owner must be an int64"):
+    with pytest.raises(TypeError, match="owner must be an int64 or int32 tensor"):
         region_contrast(q, k, t, owner.float())
+    with pytest.raises(ValueError, match=r"owner must have shape \[P\] = \[3\]"):
+        region_contrast(q, k, t, owner[:2])
     with pytest.raises(ValueError, match="tau must be a positive"):
         region_contrast(q, k, t, owner, tau=0.0)
+    with pytest.raises(ValueError, match="tau must be a positive finite"):
+        region_contrast(q, k, t, owner, tau=float("inf"))
     with pytest.raises(TypeError, match="share a dtype"):
         region_contrast(q, k.double(), t, owner)
     with pytest.raises(ValueError, match="reduction must be one of"):
@@ -397,3 +404,143 @@ def test_auto_falls_back_to_reference_when_extension_is_missing(monkeypatch):
     torch.testing.assert_close(out, region_contrast_ref(q, k, t, owner))
     with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e ."):
         region_contrast(q, k, t, owner, backend="cpp")
+
+
+# ------------------------------------------------------------------------------------------
+# Validation once in the op (one exception type per kind of problem), then the capability table
+# ------------------------------------------------------------------------------------------
+
+# Every explicit backend name and auto: the op validates before it resolves, so the exception
+# (type and message) never depends on the backend, nor on what is built here.
+ALL_BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_one_exception_type_per_kind_of_problem(backend):
+    q, k, t, owner, queue = make_case(3, 5, 7, 2, 16, 4, dtype=torch.float32)
+    dtype_problems = [
+        ((q.int(), k.int(), t, owner), {}, "queries dtype must be one of"),
+        ((q, k.double(), t, owner), {}, "share a dtype"),
+        ((q, k, t.int(), owner), {}, "targets must be floating point"),
+        ((q, k, t, owner.float()), {}, "owner must be an int64 or int32"),
+        ((q, k, t, owner), {"queue": queue.int()}, "queue must be floating point"),
+        ((q, k, t, owner), {"queue": queue.tolist()}, "queue must be a torch.Tensor or None"),
+        ((q.tolist(), k, t, owner), {}, "queries must be a torch.Tensor"),
+        ((q, k, t, owner), {"tau": "0.1"}, "tau must be a float"),
+    ]
+    for args, kw, msg in dtype_problems:
+        with pytest.raises(TypeError, match=msg):
+            region_contrast(*args, backend=backend, **kw)
+    value_problems = [
+        ((q, k[:, :8], t, owner), {}, "feature dim mismatch"),
+        ((q[:, :0], k[:, :0], t, owner), {}, "empty input"),
+        ((q, k, t, owner[:2]), {}, "owner must have shape"),
+        ((q, k, t, owner), {"tau": float("nan")}, "tau must be a positive finite"),
+        ((q, k, t, owner), {"queue": queue[:, :3]}, "queue must be"),
+        ((q, k, t, owner), {"reduction": "avg"}, "reduction must be one of"),
+    ]
+    for args, kw, msg in value_problems:
+        with pytest.raises(ValueError, match=msg):
+            region_contrast(*args, backend=backend, **kw)
+    with pytest.raises(IndexError, match="owner values must lie in"):
+        region_contrast(q, k, t, torch.tensor([0, 1, 2]), backend=backend)
+
+
+def test_capability_table_matches_the_kernels():
+    """The table's limits are the kernels' own: the Triton launcher's MAX_D and dtypes, and the
+    CUDA header's CTRLAUG_RC_MAX_D (read from the source: no GPU needed)."""
+    import re
+
+    from ctrlaug.ops._registry import CAPABILITIES, FEATURE_DTYPES
+
+    header = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "cuda", "kernels.h")
+    cuda_max_d = int(re.search(r"#define CTRLAUG_RC_MAX_D (\d+)", open(header).read()).group(1))
+    assert CAPABILITIES["cuda"].max_d == cuda_max_d
+    assert set(CAPABILITIES["reference"].dtypes) == set(FEATURE_DTYPES)
+    assert CAPABILITIES["reference"].devices is None and CAPABILITIES["reference"].max_d is None
+    pytest.importorskip("triton")
+    from ctrlaug.kernels import region_contrast as tri
+
+    assert CAPABILITIES["triton"].max_d == tri.MAX_D
+    assert set(CAPABILITIES["triton"].dtypes) == set(tri._DTYPES)
+
+
+@pytest.fixture
+def everything_built(monkeypatch):
+    """The resolver's decisions from the table alone: every backend built, for any device."""
+    from ctrlaug.ops import _registry
+
+    monkeypatch.setattr(_registry, "available", lambda b, d, op="": True)
+    monkeypatch.setattr(_registry, "_warned", set())
+    monkeypatch.delenv("CTRLAUG_GPU_BACKEND", raising=False)
+    return _registry
+
+
+def test_auto_picks_a_backend_that_can_run_the_call(everything_built, monkeypatch):
+    reg = everything_built
+    cuda, cpu, op = torch.device("cuda"), torch.device("cpu"), "region_contrast_fwd"
+    assert reg.resolve("auto", cuda, op, torch.bfloat16, 256) == reg.GPU_PREFERENCE[0]
+    assert reg.resolve("auto", cuda, "correspondence") == reg.GPU_PREFERENCE[0]
+    # float64 on CUDA: neither GPU backend takes it (it used to pick triton, then raise)
+    with pytest.warns(RuntimeWarning, match="got float64.*using the pure-PyTorch reference"):
+        assert reg.resolve("auto", cuda, op, torch.float64, 128) == "reference"
+    # D > 256 on CUDA: it used to pick triton and fail inside the launcher
+    with pytest.warns(RuntimeWarning, match=r"D <= 256, got D = 257.*pure-PyTorch reference"):
+        assert reg.resolve("auto", cuda, op, torch.float32, 257) == "reference"
+    # the CPU backend has neither limit
+    assert reg.resolve("auto", cpu, op, torch.float64, 4096) == "cpp"
+    # the override is followed when it can run the call, and skipped like the others when not
+    for name in ("triton", "cuda"):
+        monkeypatch.setenv("CTRLAUG_GPU_BACKEND", name)
+        assert reg.resolve("auto", cuda, op, torch.float16, 64) == name
+        with pytest.warns(
+            RuntimeWarning, match=f"the {name} backend takes feature dim D <= 256, got D = 512"
+        ):
+            assert reg.resolve("auto", cuda, op, torch.float16, 512) == "reference"
+
+
+def test_auto_on_cuda_tensors_without_a_gpu_backend(monkeypatch):
+    from ctrlaug.ops import _registry
+
+    monkeypatch.setattr(_registry, "available", lambda b, d, op="": b in ("reference", "cpp"))
+    monkeypatch.setattr(_registry, "_warned", set())
+    monkeypatch.delenv("CTRLAUG_GPU_BACKEND", raising=False)
+    with pytest.warns(RuntimeWarning, match="no fused backend.*pure-PyTorch reference"):
+        assert (
+            _registry.resolve("auto", torch.device("cuda"), "region_contrast_fwd", torch.float32, 64)
+            == "reference"
+        )
+
+
+def test_explicit_backend_that_cannot_run_the_call_names_the_capability(everything_built):
+    reg = everything_built
+    cuda, op = torch.device("cuda"), "region_contrast_fwd"
+    for name in ("triton", "cuda"):
+        with pytest.raises(
+            TypeError, match=rf"{name}' cannot run this call: .*got float64.*can, here: .*reference"
+        ):
+            reg.resolve(name, cuda, op, torch.float64, 64)
+        with pytest.raises(ValueError, match=rf"{name}' cannot run this call: .*D <= 256, got D = 300"):
+            reg.resolve(name, cuda, op, torch.bfloat16, 300)
+    with pytest.raises(ValueError, match="can, here: reference"):  # cpp runs CPU tensors only
+        reg.resolve("triton", cuda, op, torch.bfloat16, 300)
+    assert reg.resolve("cuda", cuda, op, torch.bfloat16, 256) == "cuda"
+    assert reg.resolve("cpp", torch.device("cpu"), op, torch.float64, 300) == "cpp"
+
+
+def test_wide_features_run_on_cpu_and_the_triton_limit_is_named():
+    """Through the public op, on what is built here: D = 300 runs on auto (cpp), and the Triton
+    backend, asked for explicitly, refuses with the capability instead of failing in the launcher."""
+    from ctrlaug.ops import _registry
+
+    q, k, t, owner, _ = make_case(2, 3, 4, 2, 300, 0, dtype=torch.float32)
+    want = region_contrast_ref(q, k, t, owner)
+    if _registry.available("cpp", q.device):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.testing.assert_close(region_contrast(q, k, t, owner), want)
+    if _registry.available("triton", q.device):
+        with pytest.raises(ValueError, match="triton' cannot run this call: .*D <= 256, got D = 300"):
+            region_contrast(q, k, t, owner, backend="triton")
+        with pytest.raises(TypeError, match="triton' cannot run this call: .*got float64"):
+            region_contrast(q.double(), k.double(), t, owner, backend="triton")

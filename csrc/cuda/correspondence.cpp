@@ -23,7 +23,8 @@ void check_grid(at::IntArrayRef grid, const char* name, const char* op) {
   TORCH_CHECK(grid.size() == 3, op, ": ", name, " must be (T, H, W), got ", grid.size(),
               " values");
   for (const int64_t v : grid) {
-    TORCH_CHECK(v >= 0, op, ": ", name, " entries must be >= 0, got ", grid);
+    // > 0 as on the CPU (csrc/correspondence.cpp) and in ctrlaug.ops, which validates first.
+    TORCH_CHECK(v > 0, op, ": ", name, " entries must be positive, got ", grid);
   }
 }
 

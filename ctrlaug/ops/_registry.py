@@ -6,6 +6,12 @@ Backends:
   cuda       CUDA kernels in the same extension (CUDA tensors; built when torch has CUDA + nvcc).
   triton     Triton kernels in ``ctrlaug.kernels`` (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
 
+What each backend can run (devices, dtypes, largest feature width) is the table ``CAPABILITIES``;
+``resolve`` checks a call against it, so "auto" only ever picks a backend that can run the call,
+and an explicit backend that cannot fails up front with the reason and the alternatives. The ops
+validate their arguments fully before they resolve (ctrlaug/ops/correspondence.py,
+region_contrast.py); the backends behind them only assert.
+
 The C++/CUDA ops share the one schema block of csrc/ctrlaug.cpp (namespace ``ctrlaug``); their
 fake kernels are registered here. The Triton ops are defined in Python under ``ctrlaug_triton``
 because they must exist when the extension is not built. None of these ops has an autograd
@@ -17,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -149,6 +156,71 @@ def _define_triton_ops() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Capabilities: what a backend can run, whether or not it is built here
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What one backend can run.
+
+    devices: device types of the tensors it takes (None: any).
+    dtypes: feature dtypes of region_contrast (queries, keys) it takes.
+    max_d: largest feature width D of region_contrast (None: no limit).
+
+    correspondence takes boxes of any float dtype on every backend (the op casts them to float32
+    for the fused ones), so only ``devices`` applies to it: the op resolves with dtype and D None.
+    """
+
+    devices: tuple[str, ...] | None
+    dtypes: tuple[torch.dtype, ...]
+    max_d: int | None
+
+
+# Every feature dtype region_contrast takes at all (the ops reject others before resolving).
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_GPU_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+# The Triton and CUDA limits are the kernels' own: MAX_D in kernels/region_contrast.py and
+# CTRLAUG_RC_MAX_D in csrc/cuda/kernels.h (tests/test_region_contrast.py keeps them equal). Triton
+# takes CPU tensors only under TRITON_INTERPRET=1, which ``available`` checks.
+CAPABILITIES: dict[str, Capability] = {
+    "reference": Capability(devices=None, dtypes=FEATURE_DTYPES, max_d=None),
+    "cpp": Capability(devices=("cpu",), dtypes=FEATURE_DTYPES, max_d=None),
+    "cuda": Capability(devices=("cuda",), dtypes=_GPU_FLOATS, max_d=256),
+    "triton": Capability(devices=("cuda", "cpu"), dtypes=_GPU_FLOATS, max_d=256),
+}
+
+# The exception type for each capability a call can miss, so that a dtype problem is a TypeError
+# and a size problem a ValueError wherever it is found (as in the ops' own validation).
+_MISS_ERROR = {"device": RuntimeError, "dtype": TypeError, "max_d": ValueError}
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def capability_miss(
+    backend: str, device: torch.device, dtype: torch.dtype | None = None, d: int | None = None
+) -> tuple[str, str] | None:
+    """``(capability, why)`` for the first capability of ``backend`` that a call with tensors on
+    ``device``, features of ``dtype`` and width ``d`` misses; None when the table allows the call.
+    ``dtype`` / ``d`` None: not constrained (correspondence). Says nothing about whether the
+    backend is built here (that is ``available``)."""
+    cap = CAPABILITIES[backend]
+    if cap.devices is not None and device.type not in cap.devices:
+        return "device", f"the {backend} backend runs {'/'.join(cap.devices)} tensors, got {device.type}"
+    if dtype is not None and dtype not in cap.dtypes:
+        return (
+            "dtype",
+            f"the {backend} backend takes {_dtype_names(cap.dtypes)} features, got {_dtype_names([dtype])}",
+        )
+    if d is not None and cap.max_d is not None and d > cap.max_d:
+        return "max_d", f"the {backend} backend takes feature dim D <= {cap.max_d}, got D = {d}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Availability and choice
 # ---------------------------------------------------------------------------------------------
 
@@ -205,11 +277,21 @@ def _warn_once(key: str, msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def resolve(backend: str, device: torch.device, op: str) -> str:
-    """Turn ``backend`` ("auto" or a name) into a backend that can run ``op`` on ``device``.
+def _can_run(backend: str, device: torch.device, op: str, dtype, d) -> bool:
+    return available(backend, device, op) and capability_miss(backend, device, dtype, d) is None
 
-    "auto" prefers cpp on CPU and the measured-fastest fused backend on CUDA, and falls back to
-    the reference quietly (one warning per process). An explicit backend that is missing raises.
+
+def resolve(
+    backend: str, device: torch.device, op: str, dtype: torch.dtype | None = None, d: int | None = None
+) -> str:
+    """Turn ``backend`` ("auto" or a name) into a backend that can run ``op`` on ``device`` with
+    features of ``dtype`` and width ``d`` (None: not constrained; correspondence passes neither).
+
+    "auto" prefers cpp on CPU and the measured-fastest fused backend on CUDA, skips any that is
+    not built here or whose ``CAPABILITIES`` exclude the call, and falls back to the reference
+    quietly (one warning per process and reason). An explicit backend that is missing raises
+    RuntimeError naming the fix; one that is built but cannot run the call raises the error of the
+    capability it misses (TypeError for the dtype, ValueError for D), naming the backends that can.
     """
     if backend == "auto":
         if device.type == "cpu":
@@ -219,12 +301,22 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
             order = (env,) if env in ("triton", "cuda") else GPU_PREFERENCE
         else:
             order = ()
+        misses = []
         for b in order:
-            if available(b, device, op):
+            if not available(b, device, op):
+                continue
+            miss = capability_miss(b, device, dtype, d)
+            if miss is None:
                 return b
+            misses.append(miss[1])
+        if misses:  # built, but none of them can run this call
+            why, key = "; ".join(misses), f"fallback-{device.type}-{'; '.join(misses)}"
+        else:
+            why = _why_missing(order[0], device) if order else "unsupported device"
+            key = f"fallback-{device.type}"
         _warn_once(
-            f"fallback-{device.type}",
-            f"ctrlaug: no fused backend for {device.type} tensors ({_why_missing(order[0], device) if order else 'unsupported device'}); "
+            key,
+            f"ctrlaug: no fused backend for this call on {device.type} tensors ({why}); "
             "using the pure-PyTorch reference, which materialises the logits.",
         )
         return "reference"
@@ -232,6 +324,13 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
     if not available(backend, device, op):
         raise RuntimeError(f"ctrlaug backend {backend!r} is not available: {_why_missing(backend, device)}")
+    miss = capability_miss(backend, device, dtype, d)
+    if miss is not None:
+        could = [b for b in BACKENDS if b != backend and _can_run(b, device, op, dtype, d)]
+        raise _MISS_ERROR[miss[0]](
+            f"ctrlaug backend {backend!r} cannot run this call: {miss[1]}; "
+            f"backends that can, here: {', '.join(could)} (or backend='auto')"
+        )
     return backend
 
 

@@ -21,6 +21,8 @@ batched matmuls. Forward + backward = 8*M*N*D FLOPs, the same count as the minim
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _registry
@@ -29,13 +31,20 @@ from .reference import region_contrast_ref
 __all__ = ["region_contrast"]
 
 _REDUCTIONS = ("mean", "sum", "none")
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_OWNER_DTYPES = (torch.int64, torch.int32)
 
 
 def _validate(queries, keys, targets, owner, queue, tau, reduction):
+    """Every check of the op, once, before a backend is chosen: the backends only assert.
+
+    One exception type per kind of problem: TypeError for a wrong type or dtype, ValueError for
+    a wrong shape, size, device or value, IndexError for an owner index out of range.
+    """
     for name, t in (("queries", queries), ("keys", keys), ("targets", targets), ("owner", owner)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if queue is not None and not isinstance(queue, torch.Tensor):
+        raise TypeError(f"queue must be a torch.Tensor or None, got {type(queue).__name__}")
     if queries.dim() != 2 or keys.dim() != 2:
         raise ValueError(
             f"queries must be [P*Nc, D] and keys [B*Nv, D]; got queries {tuple(queries.shape)}, "
@@ -55,12 +64,12 @@ def _validate(queries, keys, targets, owner, queue, tau, reduction):
         raise ValueError(
             f"keys has {keys.shape[0]} rows, not a positive multiple of Nv={Nv} (targets' last dim)"
         )
-    if owner.shape != (P,) or owner.dtype not in (torch.int64, torch.int32):
-        raise ValueError(
-            f"owner must be an int64 tensor of shape [{P}], got {owner.dtype} {tuple(owner.shape)}"
-        )
-    if queries.dtype not in _DTYPES:
-        raise TypeError(f"queries dtype must be one of {_DTYPES}, got {queries.dtype}")
+    if owner.shape != (P,):
+        raise ValueError(f"owner must have shape [P] = [{P}], got {tuple(owner.shape)}")
+    if owner.dtype not in _OWNER_DTYPES:
+        raise TypeError(f"owner must be an int64 or int32 tensor, got {owner.dtype}")
+    if queries.dtype not in _registry.FEATURE_DTYPES:
+        raise TypeError(f"queries dtype must be one of {_registry.FEATURE_DTYPES}, got {queries.dtype}")
     if keys.dtype != queries.dtype:
         raise TypeError(f"queries and keys must share a dtype, got {queries.dtype} and {keys.dtype}")
     if not targets.is_floating_point():
@@ -72,10 +81,14 @@ def _validate(queries, keys, targets, owner, queue, tau, reduction):
     if queue is not None:
         if queue.dim() != 2 or queue.shape[1] != D:
             raise ValueError(f"queue must be [Nq, {D}], got {tuple(queue.shape)}")
+        if not queue.is_floating_point():
+            raise TypeError(f"queue must be floating point, got {queue.dtype}")
         if queue.device != dev:
             raise ValueError(f"queue is on {queue.device} but queries on {dev}")
-    if not (isinstance(tau, (int, float)) and tau > 0):
-        raise ValueError(f"tau must be a positive float, got {tau!r}")
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau must be a float, got {type(tau).__name__}")
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive finite float, got {tau!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     B = keys.shape[0] // Nv
@@ -169,11 +182,12 @@ def region_contrast(
 
     Args:
         queries: [P*Nc, D] clip-cell features, clip p's Nc cells contiguous. float32/bf16/fp16
-            (float64 on the reference and cpp backends).
+            (float64 on the reference and cpp backends; what each backend takes, D included:
+            ``ctrlaug.ops._registry.CAPABILITIES``, which "auto" follows).
         keys: [B*Nv, D] global-view cell features, video b's Nv cells contiguous, same dtype.
         targets: [P, Nc, Nv] soft targets from :func:`ctrlaug.ops.correspondence`. No gradient.
-        owner: [P] int64, the video index (in [0, B)) of clip p.
-        tau: temperature > 0 (paper default 0.07).
+        owner: [P] int64 or int32, the video index (in [0, B)) of clip p.
+        tau: temperature > 0 (0.07 by default: the paper gives no value; our choice).
         queue: optional [Nq, D] extra negatives (e.g. a memory bank). No gradient.
         reduction: "mean" over rows, "sum", or "none" (returns [P*Nc]).
         backend: "auto", "reference", "cpp", "triton" or "cuda".
@@ -184,11 +198,9 @@ def region_contrast(
         Fused backends keep O((M + N) * D) extra memory: the logits are never materialised.
     """
     _validate(queries, keys, targets, owner, queue, tau, reduction)
-    chosen = _registry.resolve(backend, queries.device, "region_contrast_fwd")
+    chosen = _registry.resolve(
+        backend, queries.device, "region_contrast_fwd", queries.dtype, queries.shape[1]
+    )
     if chosen == "reference":
         return region_contrast_ref(queries, keys, targets, owner, tau=tau, queue=queue, reduction=reduction)
-    if queries.dtype == torch.float64 and chosen in ("triton", "cuda"):
-        raise TypeError(
-            f"the {chosen} backend supports float32/bf16/fp16, got float64 (use cpp or reference)"
-        )
     return _RegionContrast.apply(queries, keys, targets, owner, queue, float(tau), reduction, chosen)
