@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .reference import acc_dtype
+
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 INSTALL_HINT = "pip install --no-build-isolation -e .  (see README: Install)"
 
@@ -74,10 +76,6 @@ def _register_fakes() -> None:
         return _bwd_fake(queries, keys, lse, coef, tau)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _correspondence_fake(clip_boxes, video_boxes, clip_grid, video_grid):
     nc = clip_grid[0] * clip_grid[1] * clip_grid[2]
     nv = video_grid[0] * video_grid[1] * video_grid[2]
@@ -85,7 +83,7 @@ def _correspondence_fake(clip_boxes, video_boxes, clip_grid, video_grid):
 
 
 def _fwd_fake(queries, keys, queue, tau, with_grad):
-    acc = _acc_dtype(queries.dtype)
+    acc = acc_dtype(queries.dtype)
     m, d = queries.shape
     lse = queries.new_empty((m,), dtype=acc)
     o = queries.new_empty((m if with_grad else 0, d), dtype=acc)
@@ -93,7 +91,7 @@ def _fwd_fake(queries, keys, queue, tau, with_grad):
 
 
 def _bwd_fake(queries, keys, lse, coef, tau):
-    return keys.new_empty(keys.shape, dtype=_acc_dtype(queries.dtype))
+    return keys.new_empty(keys.shape, dtype=acc_dtype(queries.dtype))
 
 
 # ---------------------------------------------------------------------------------------------

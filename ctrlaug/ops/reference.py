@@ -89,8 +89,9 @@ def correspondence_ref(
     return s.to(torch.float32)
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the fused building blocks: float64 stays, everything else float32."""
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the fused building blocks: float64 stays, everything else float32.
+    The one definition: the ops' autograd function and the fake kernels use it too."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -129,10 +130,11 @@ def region_contrast_ref(
     cols = owner.to(torch.int64)[:, None] * Nv + torch.arange(Nv, device=queries.device)  # [P, Nv]
     dense.scatter_(2, cols[:, None, :].expand(P, Nc, Nv), targets.detach().to(acc))
     loss = -(dense.reshape(P * Nc, N_total) * logp.to(acc)).sum(-1)
-    return _reduce(loss, reduction)
+    return reduce_loss(loss, reduction)
 
 
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_loss(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The per-row losses reduced as ``reduction`` says (the ops' autograd function uses it too)."""
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -161,7 +163,7 @@ def region_contrast_fwd_ref(
     ``o_i = sum_j softmax(l_i)_j k_j`` (the softmax-weighted key average, which is the dense
     part of dloss/dq), or an empty [0, D] tensor when ``with_grad`` is False.
     """
-    acc = _acc(queries.dtype)
+    acc = acc_dtype(queries.dtype)
     q = queries.to(acc)
     k_all = _all_keys(keys.to(acc), None if queue is None else queue.to(acc))
     logits = q @ k_all.t() / tau
@@ -185,7 +187,7 @@ def region_contrast_bwd_ref(
     ``dk_j = (1/tau) * sum_i coef_i * exp(l_ij - lse_i) * q_i`` for every key j of ``keys``.
     queries [M, D], keys [N, D], lse [M], coef [M]. Returns [N, D] float32 (float64 for float64).
     """
-    acc = _acc(queries.dtype)
+    acc = acc_dtype(queries.dtype)
     q = queries.to(acc)
     p = torch.exp(q @ keys.to(acc).t() / tau - lse.to(acc)[:, None])  # [M, N]
     return (p * coef.to(acc)[:, None]).t() @ q / tau

@@ -26,7 +26,7 @@ import math
 import torch
 
 from . import _registry
-from .reference import region_contrast_ref
+from .reference import acc_dtype, reduce_loss, region_contrast_ref
 
 __all__ = ["region_contrast"]
 
@@ -115,7 +115,7 @@ class _RegionContrast(torch.autograd.Function):
     def forward(ctx, queries, keys, targets, owner, queue, tau, reduction, backend):
         P, Nc, Nv = targets.shape
         M, D = queries.shape
-        acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(queries.dtype)
         need_dq = ctx.needs_input_grad[0]
         queries = queries.contiguous()
         keys = keys.contiguous()
@@ -131,11 +131,7 @@ class _RegionContrast(torch.autograd.Function):
         loss = w * lse - (queries.to(acc) * t).sum(-1) / tau
         ctx.save_for_backward(queries, keys, S, owner, lse, o, t, w)
         ctx.tau, ctx.reduction, ctx.backend = float(tau), reduction, backend
-        if reduction == "mean":
-            return loss.mean()
-        if reduction == "sum":
-            return loss.sum()
-        return loss
+        return reduce_loss(loss, reduction)
 
     @staticmethod
     def backward(ctx, grad):
