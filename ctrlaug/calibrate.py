@@ -37,7 +37,11 @@ from ctrlaug.models import build_encoder
 from ctrlaug.probe import factor_probe
 from ctrlaug.train import probe_datasets
 
-__all__ = ["supervised_ceiling", "random_init_floor", "calibrate", "main"]
+__all__ = ["supervised_ceiling", "random_init_floor", "calibrate", "gap_closed", "GATE_FRACTION", "main"]
+
+# The demo gate (docs/benchmark.md): pretraining must close at least this fraction of the gap from
+# the random-init probe to the supervised ceiling, on the primary factor, for every seed.
+GATE_FRACTION = 1.0 / 3.0
 
 # Factors whose label a horizontal mirror changes (right <-> left): no flip augmentation for them.
 MIRROR_SENSITIVE = ("motion",)
@@ -148,6 +152,34 @@ def calibrate(cfg: TrainConfig, seeds=(0,), factors=None, log=print) -> dict:
         "seeds": list(seeds),
         "factors": table,
     }
+
+
+def gap_closed(calibration: dict, top1: dict[int, float], factor: str | None = None) -> dict[int, float]:
+    """Fraction of the gap from the random-init floor to the supervised ceiling that a pretrained
+    encoder closes, per seed: ``(top1 - random_init) / (supervised - random_init)``.
+
+    ``calibration``: the dict :func:`calibrate` returns (or its JSON); ``top1``: seed -> probe
+    top-1 % of the pretrained encoder on ``factor`` (default: the primary one). Every seed must
+    have been calibrated, and its ceiling must lie above its floor (else the gap is undefined).
+    """
+    factor = factor or calibration["primary"]
+    if factor not in calibration["factors"]:
+        raise ValueError(f"factor {factor!r} not in the calibration (has {sorted(calibration['factors'])})")
+    row = calibration["factors"][factor]
+    index = {int(s): i for i, s in enumerate(calibration["seeds"])}
+    out = {}
+    for seed, t in top1.items():
+        if int(seed) not in index:
+            raise ValueError(f"seed {seed} was not calibrated (calibrated seeds: {sorted(index)})")
+        i = index[int(seed)]
+        sup, floor = row["supervised"][i], row["random_init"][i]
+        if sup <= floor:
+            raise ValueError(
+                f"seed {seed}, factor {factor!r}: supervised ceiling {sup:.1f}% is not above the "
+                f"random-init floor {floor:.1f}%, so the gap is undefined"
+            )
+        out[int(seed)] = (t - floor) / (sup - floor)
+    return out
 
 
 def to_markdown(res: dict) -> str:

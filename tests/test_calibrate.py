@@ -54,3 +54,25 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert main(["--factors", "colour", "--out", str(tmp_path), *TINY]) == 0
     res = json.load(open(tmp_path / "calibration.json"))
     assert list(res["factors"]) == ["colour"] and (tmp_path / "calibration.md").is_file()
+
+
+def test_gap_closed_is_per_seed_against_that_seeds_floor_and_ceiling():
+    from ctrlaug.calibrate import GATE_FRACTION, gap_closed
+
+    cal = {
+        "primary": "shape",
+        "seeds": [0, 1],
+        "factors": {"shape": {"supervised": [90.0, 80.0], "random_init": [30.0, 20.0], "chance": 12.5}},
+    }
+    frac = gap_closed(cal, {0: 50.0, 1: 40.0})
+    assert frac == pytest.approx({0: 20 / 60, 1: 20 / 60})
+    assert frac[0] >= GATE_FRACTION - 1e-12
+    # the same top-1 closes less of a seed whose floor is lower
+    assert gap_closed(cal, {1: 30.0})[1] < gap_closed(cal, {0: 50.0})[0]
+    with pytest.raises(ValueError, match="seed 2 was not calibrated"):
+        gap_closed(cal, {2: 50.0})
+    with pytest.raises(ValueError, match="'colour' not in the calibration"):
+        gap_closed(cal, {0: 50.0}, factor="colour")
+    cal["factors"]["shape"]["supervised"][0] = 30.0
+    with pytest.raises(ValueError, match="gap is undefined"):
+        gap_closed(cal, {0: 50.0})
