@@ -45,6 +45,10 @@ __all__ = [
     "plan_runs",
     "run_one",
     "run_table",
+    "train_and_probe",
+    "diagnose_run",
+    "diagnose_random",
+    "add_diagnostics",
     "summarise",
     "write_summary",
     "main",
@@ -247,8 +251,8 @@ def plan_runs(
     return plans
 
 
-def _train_and_probe(overrides: list[str]) -> dict:
-    """Real run: :func:`ctrlaug.train.train`, then :func:`ctrlaug.train.run_probe` (every factor;
+def train_and_probe(overrides: list[str]) -> dict:
+    """The default ``train_fn`` of the runner: :func:`ctrlaug.train.train`, then :func:`ctrlaug.train.run_probe` (every factor;
     ``<run>/probe.json`` is written as by the demo)."""
     from ctrlaug.config import load_config
     from ctrlaug.train import run_probe, train, write_probe
@@ -271,9 +275,6 @@ def _train_and_probe(overrides: list[str]) -> dict:
     }
 
 
-#: The function that trains and probes one run (tests replace it with a fast fake).
-TRAIN_FN: Callable[[list[str]], dict] = _train_and_probe
-
 #: Held-out videos the mechanism diagnostics use per run (ctrlaug.diagnose).
 DIAGNOSE_VIDEOS = 256
 
@@ -291,10 +292,10 @@ def compact_diagnostics(d: dict) -> dict:
     }
 
 
-def _diagnose_dir(d: str, cfg, encoder) -> dict:
+def _diagnose_dir(d: str, cfg, encoder, videos: int) -> dict:
     from ctrlaug.diagnose import diagnose, to_markdown
 
-    full = diagnose(encoder, cfg, videos=DIAGNOSE_VIDEOS, seed=cfg.seed)
+    full = diagnose(encoder, cfg, videos=videos, seed=cfg.seed)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "diagnose.json"), "w") as f:
         json.dump(full, f, indent=1)
@@ -303,17 +304,19 @@ def _diagnose_dir(d: str, cfg, encoder) -> dict:
     return compact_diagnostics(full)
 
 
-def diagnose_run(run_folder: str) -> dict:
-    """Mechanism diagnostics of a finished run's encoder (its newest checkpoint); also written to
-    ``<run>/diagnose.json`` and ``.md``."""
+def diagnose_run(run_folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
+    """The default ``diagnose_fn`` of the runner: mechanism diagnostics of a finished run's encoder
+    (its newest checkpoint) on ``videos`` held-out videos; also written to ``<run>/diagnose.json``
+    and ``.md``."""
     from ctrlaug.evaluate import load_encoder
 
     enc, cfg, _ = load_encoder(run_folder, None, False)
-    return _diagnose_dir(run_folder, cfg, enc)
+    return _diagnose_dir(run_folder, cfg, enc, videos)
 
 
-def diagnose_random(overrides: list[str], folder: str) -> dict:
-    """The same diagnostics for the random-init encoder the probe compares against (seed + 1)."""
+def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
+    """The default ``diagnose_random_fn``: the same diagnostics for the random-init encoder the
+    probe compares against (seed + 1)."""
     import torch
 
     from ctrlaug.config import load_config
@@ -321,14 +324,23 @@ def diagnose_random(overrides: list[str], folder: str) -> dict:
 
     cfg = load_config(None, overrides)
     torch.manual_seed(cfg.seed + 1)
-    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width))
+    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width), videos)
 
 
-def run_one(plan: dict, table: str) -> dict:
-    """Train + probe one run and write its ``result.json`` at once; returns the result."""
+#: ``train_fn(overrides) -> {"top1", "random_top1", "train_top1", "steps", "primary", "factors"}``
+TrainFn = Callable[[list[str]], dict]
+#: ``diagnose_fn(run_folder) -> compact diagnostics`` (see :func:`compact_diagnostics`)
+DiagnoseFn = Callable[[str], dict]
+#: ``diagnose_random_fn(overrides, folder) -> compact diagnostics`` of the random-init encoder
+DiagnoseRandomFn = Callable[[list[str], str], dict]
+
+
+def run_one(plan: dict, table: str, train_fn: TrainFn = train_and_probe) -> dict:
+    """Train + probe one run with ``train_fn`` and write its ``result.json`` at once; returns the
+    result."""
     t0 = time.perf_counter()
     os.makedirs(plan["dir"], exist_ok=True)
-    res = TRAIN_FN(plan["overrides"])
+    res = train_fn(plan["overrides"])
     row: Row = plan["row"]
     out = {
         "table": table,
@@ -588,9 +600,14 @@ def run_table(
     plot: bool = True,
     rows: Sequence[str] | None = None,
     diagnose: bool = True,
+    *,
+    train_fn: TrainFn = train_and_probe,
+    diagnose_fn: DiagnoseFn = diagnose_run,
+    diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
 ) -> dict:
-    """Run every missing (row, seed) of ``table`` (or of ``rows``), add the mechanism diagnostics
-    to every finished run that lacks them (``diagnose=True``), then write and return the summary.
+    """Run every missing (row, seed) of ``table`` (or of ``rows``) with ``train_fn``, add the
+    mechanism diagnostics (``diagnose_fn``, ``diagnose_random_fn``) to every finished run that
+    lacks them (``diagnose=True``), then write and return the summary.
 
     The summary always lists every row of the table; rows without results show as missing.
     """
@@ -601,10 +618,10 @@ def run_table(
             print(f"{tag}: result exists, skipped")
             continue
         print(f"{tag}: training into {p['dir']}", flush=True)
-        r = run_one(p, table)
+        r = run_one(p, table, train_fn)
         print(f"{tag}: top-1 {r['top1']:.1f}% (random init {r['random_top1']:.1f}%) in {r['wall_s']:.0f}s")
     if diagnose:
-        add_diagnostics(plans, table, out)
+        add_diagnostics(plans, table, out, diagnose_fn, diagnose_random_fn)
     summary = summarise(table, seeds, out)
     paths = write_summary(summary, out, plot=plot)
     print(to_markdown(summary))
@@ -620,26 +637,28 @@ def _write_result(d: str, res: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def add_diagnostics(plans: list[dict], table: str, out: str) -> None:
-    """Diagnose every finished run of ``plans`` whose ``result.json`` has no diagnostics yet, and
-    the random-init encoder of every seed (``<out>/<table>/random_init/seed<k>/``); resumable."""
+def add_diagnostics(
+    plans: list[dict],
+    table: str,
+    out: str,
+    diagnose_fn: DiagnoseFn = diagnose_run,
+    diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
+) -> None:
+    """Diagnose every finished run of ``plans`` whose ``result.json`` has no diagnostics yet
+    (``diagnose_fn``), and the random-init encoder of every seed (``diagnose_random_fn``, into
+    ``<out>/<table>/random_init/seed<k>/``); resumable."""
     for p in plans:
         res = _load_result(p["dir"])
         if res is not None and not res.get("diagnostics"):
             print(f"[ctrlaug.ablate] diagnosing {p['dir']}", flush=True)
-            res["diagnostics"] = DIAGNOSE_FN(p["dir"])
+            res["diagnostics"] = diagnose_fn(p["dir"])
             _write_result(p["dir"], res)
     for seed in sorted({p["seed"] for p in plans}):
         d = os.path.join(out, table, "random_init", f"seed{seed}")
         if _load_result(d) is None:
             first = next(p for p in plans if p["seed"] == seed)
             print(f"[ctrlaug.ablate] diagnosing the random-init encoder of seed {seed}", flush=True)
-            _write_result(d, {"seed": seed, "diagnostics": DIAGNOSE_RANDOM_FN(first["overrides"], d)})
-
-
-#: Diagnostics of a finished run and of the random-init encoder (tests replace them with fakes).
-DIAGNOSE_FN: Callable[[str], dict] = diagnose_run
-DIAGNOSE_RANDOM_FN: Callable[[list[str], str], dict] = diagnose_random
+            _write_result(d, {"seed": seed, "diagnostics": diagnose_random_fn(first["overrides"], d)})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -660,7 +679,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    train_fn: TrainFn = train_and_probe,
+    diagnose_fn: DiagnoseFn = diagnose_run,
+    diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
+) -> int:
+    """The CLI; the hooks are those of :func:`run_table` (tests pass fast fakes)."""
     parser = _parser()
     args, rest = parser.parse_known_intermixed_args(sys.argv[1:] if argv is None else argv)
     bad = [a for a in rest if "=" not in a]
@@ -698,7 +724,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  [{state}] {p['row'].label} seed {p['seed']} -> {p['dir']}: {' '.join(p['overrides'])}")
         return 0
     run_table(
-        args.table, seeds, args.out, extra, plot=not args.no_plot, rows=rows, diagnose=not args.no_diagnose
+        args.table,
+        seeds,
+        args.out,
+        extra,
+        plot=not args.no_plot,
+        rows=rows,
+        diagnose=not args.no_diagnose,
+        train_fn=train_fn,
+        diagnose_fn=diagnose_fn,
+        diagnose_random_fn=diagnose_random_fn,
     )
     return 0
 

@@ -25,6 +25,7 @@ import yaml
 
 from ctrlaug.augment.config import AugmentConfig
 from ctrlaug.data.dataset import DataConfig
+from ctrlaug.data.formats import config_names, get_format
 from ctrlaug.data.shapes import ShapesConfig
 from ctrlaug.data.synthetic import SyntheticConfig
 
@@ -52,7 +53,7 @@ def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | N
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("shapes", "synthetic", "ucf101", "hmdb51", "k400", "kinetics400", "diving48", "folder", "csv")
+DATASETS = config_names()  # ctrlaug.data.formats: shapes, synthetic, ucf101, hmdb51, k400, ...
 ESTIMATORS = ("dv", "jsd", "infonce")
 
 
@@ -385,7 +386,7 @@ def _validate(cfg: TrainConfig) -> list[str]:
         errs.append(f"td: L_td orders clips and needs augment.num_clips >= 2, got {cfg.augment.num_clips}")
     if cfg.lr_milestones is not None and any(m < 1 for m in cfg.lr_milestones):
         errs.append(f"lr_milestones: epochs must be >= 1, got {cfg.lr_milestones!r}")
-    if cfg.dataset not in ("synthetic", "shapes") and not cfg.data_root:
+    if cfg.dataset in DATASETS and not get_format(cfg.dataset).rendered and not cfg.data_root:
         errs.append(f"data_root: required for dataset={cfg.dataset!r}")
     return errs
 

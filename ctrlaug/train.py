@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctrlaug.augment import augment_batch, sample_level_params, sample_levels
 from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
-from ctrlaug.data import build_train_dataset, collate_views
+from ctrlaug.data import build_train_dataset, collate_views, get_format
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
 from ctrlaug.utils import dist as cdist
@@ -77,11 +77,11 @@ def _seed(*parts: int) -> int:
 
 
 def lr_milestones(cfg: TrainConfig) -> list[int]:
-    """cfg.lr_milestones, or the paper rule: /10 at 75% of the epochs (150 of 200 on UCF-101),
-    70% on Kinetics-400 (70 of 100)."""
+    """cfg.lr_milestones, or the paper rule of the dataset format (ctrlaug.data.formats): /10 at 75%
+    of the epochs (150 of 200 on UCF-101), 70% on Kinetics-400 (70 of 100)."""
     if cfg.lr_milestones is not None:
         return sorted(cfg.lr_milestones)
-    frac = 0.7 if cfg.dataset in ("k400", "kinetics400") else 0.75
+    frac = get_format(cfg.dataset).lr_decay_fraction
     m = int(round(frac * cfg.epochs))
     return [m] if 0 < m < cfg.epochs else []
 

@@ -1,5 +1,6 @@
 """Tests of the ablation runner (paper §4.4, Tables 4-7): rows, statistics, resume, summaries."""
 
+import functools
 import json
 import os
 import warnings
@@ -20,18 +21,22 @@ def _fake_diag(seed: int, base: float) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def fake_diagnostics(monkeypatch):
-    """The runner's diagnostics are faked unless a test restores the real ones."""
-    calls = []
+class FakeDiagnostics(dict):
+    """Fake diagnostics hooks for the runner (``**hooks``); ``calls`` lists the diagnosed runs."""
 
-    def run(d):
-        calls.append(d)
-        return _fake_diag(int(d.rstrip(os.sep)[-1]), 40.0)
+    def __init__(self):
+        self.calls = []
 
-    monkeypatch.setattr(ablate, "DIAGNOSE_FN", run)
-    monkeypatch.setattr(ablate, "DIAGNOSE_RANDOM_FN", lambda ov, d: _fake_diag(int(d[-1]), 60.0))
-    return calls
+        def run(d):
+            self.calls.append(d)
+            return _fake_diag(int(d.rstrip(os.sep)[-1]), 40.0)
+
+        super().__init__(diagnose_fn=run, diagnose_random_fn=lambda ov, d: _fake_diag(int(d[-1]), 60.0))
+
+
+@pytest.fixture
+def diag():
+    return FakeDiagnostics()
 
 
 @pytest.mark.parametrize("table", sorted(ablate.TABLES))
@@ -102,16 +107,16 @@ def _fake(acc_by_seed):
     return fake, calls
 
 
-def test_resume_skip_and_summaries(tmp_path, monkeypatch, capsys):
+def test_resume_skip_and_summaries(tmp_path, diag, capsys):
     fake, calls = _fake({0: 50.0, 1: 60.0})
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    hooks = dict(train_fn=fake, **diag)
     out = str(tmp_path / "abl")
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--epochs", "2", "--no-plot"]) == 0
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--epochs", "2", "--no-plot"], **hooks) == 0
     assert len(calls) == 12 and all("epochs=2" in c for c in calls)
     res = json.load(open(os.path.join(out, "table7", "l_rc", "seed1", "result.json")))
     assert res["top1"] == 60.0 and res["seed"] == 1 and res["row"] == "L_rc"
     # Second invocation: everything is skipped.
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"]) == 0
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
     assert len(calls) == 12
     assert "result exists, skipped" in capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "table7.json")))
@@ -124,11 +129,11 @@ def test_resume_skip_and_summaries(tmp_path, monkeypatch, capsys):
     assert "Random-init encoder baseline: 20.5 ± 0.7" in md
     # A deleted result is re-run, and only that one.
     os.remove(os.path.join(out, "table7", "l_nce", "seed0", "result.json"))
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"]) == 0
+    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
     assert len(calls) == 13
 
 
-def test_ordering_sentence_and_markdown(tmp_path, monkeypatch):
+def test_ordering_sentence_and_markdown(tmp_path, diag):
     paper = {r.label: r.ucf101 for r in ablate.TABLES["table6"]}
 
     def fake(overrides):
@@ -136,35 +141,35 @@ def test_ordering_sentence_and_markdown(tmp_path, monkeypatch):
         label = next(r.label for r in ablate.TABLES["table6"] if r.slug in cfg.out_dir.split(os.sep))
         return {"top1": paper[label] - 10.0 + cfg.seed, "random_top1": 12.5}
 
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
-    summary = ablate.run_table("table6", [0, 1, 2], str(tmp_path), plot=False)
+    summary = ablate.run_table("table6", [0, 1, 2], str(tmp_path), plot=False, train_fn=fake, **diag)
     assert summary["spearman_ucf101"] == pytest.approx(1.0)
     text = ablate.ordering_sentence(summary)
     assert "matches the paper's ordering exactly" in text and "+1.00" in text
     assert [r["n"] for r in summary["rows"]] == [3] * 5
 
 
-def test_dry_run_trains_nothing(tmp_path, monkeypatch, capsys):
+def test_dry_run_trains_nothing(tmp_path, diag, capsys):
     fake, calls = _fake({0: 1.0})
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
-    assert ablate.main(["table4", "--seeds", "0", "--out", str(tmp_path), "--dry-run"]) == 0
+    assert (
+        ablate.main(["table4", "--seeds", "0", "--out", str(tmp_path), "--dry-run"], train_fn=fake, **diag)
+        == 0
+    )
     out = capsys.readouterr().out
     assert "8 runs (0 done)" in out and "augment.num_clips=4" in out
-    assert not calls and not os.listdir(tmp_path)
+    assert not calls and not diag.calls and not os.listdir(tmp_path)
 
 
-def test_bad_override_fails_before_training(tmp_path, monkeypatch, capsys):
+def test_bad_override_fails_before_training(tmp_path, diag, capsys):
     fake, calls = _fake({0: 1.0})
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
-    assert ablate.main(["table6", "--seeds", "0", "--out", str(tmp_path), "no_such_key=1"]) == 2
+    argv = ["table6", "--seeds", "0", "--out", str(tmp_path), "no_such_key=1"]
+    assert ablate.main(argv, train_fn=fake, **diag) == 2
     assert "no_such_key" in capsys.readouterr().err and not calls
 
 
-def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
+def test_plot_written_when_matplotlib_available(tmp_path, diag):
     pytest.importorskip("matplotlib")
     fake, _ = _fake({0: 40.0})
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
-    ablate.run_table("table5", [0], str(tmp_path), plot=True)
+    ablate.run_table("table5", [0], str(tmp_path), plot=True, train_fn=fake, **diag)
     assert os.path.getsize(tmp_path / "table5.png") > 0
     # one seed: no spread is claimed
     md = open(tmp_path / "table5.md").read()
@@ -177,21 +182,21 @@ def test_plot_written_when_matplotlib_available(tmp_path, monkeypatch):
 TINY = [*BASE_TINY, "probe_epochs=5", "probe_clips=1"]
 
 
-def test_diagnostics_added_once_and_summarised(tmp_path, monkeypatch, fake_diagnostics):
+def test_diagnostics_added_once_and_summarised(tmp_path, diag):
     def fake(overrides):
         cfg = load_config(None, overrides)
         os.makedirs(cfg.out_dir, exist_ok=True)
         f = {"shape": {"trained": 70.0 + cfg.seed, "random_init": 30.0, "chance": 12.5}}
         return {"top1": 70.0 + cfg.seed, "random_top1": 30.0, "steps": 1, "primary": "shape", "factors": f}
 
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
+    hooks = dict(train_fn=fake, **diag)
     out = str(tmp_path)
     argv = ["table7", "--seeds", "0,1", "--out", out, "--no-plot", "--rows", "l_nce"]
-    assert ablate.main(argv) == 0
-    assert len(fake_diagnostics) == 2
+    assert ablate.main(argv, **hooks) == 0
+    assert len(diag.calls) == 2
     res = json.load(open(tmp_path / "table7" / "l_nce" / "seed1" / "result.json"))
     assert res["diagnostics"]["level"] == 41.0 and res["factors"]["shape"]["trained"] == 71.0
-    assert ablate.main(argv) == 0 and len(fake_diagnostics) == 2  # not diagnosed twice
+    assert ablate.main(argv, **hooks) == 0 and len(diag.calls) == 2  # not diagnosed twice
     md = open(tmp_path / "table7.md").read()
     # row: shape 70.5 ± 0.7, level 40.5 ± 0.7, arrow 50.5 ± 0.7, focus 1.05 ± 0.07
     assert "| L_nce | 70.5 ± 0.7 | 30.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
@@ -199,19 +204,19 @@ def test_diagnostics_added_once_and_summarised(tmp_path, monkeypatch, fake_diagn
     assert "| random init | 30.0 ± 0.0 | 50.5 ± 0.7 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
     # --no-diagnose leaves new runs without diagnostics
     argv2 = ["table7", "--seeds", "2", "--out", out, "--no-plot", "--rows", "l_nce", "--no-diagnose"]
-    assert ablate.main(argv2) == 0 and len(fake_diagnostics) == 2
+    assert ablate.main(argv2, **hooks) == 0 and len(diag.calls) == 2
 
 
-def test_tiny_real_run_end_to_end(tmp_path, monkeypatch):
+def test_tiny_real_run_end_to_end(tmp_path):
     # One real row of Table 7 (L_rc only), one seed, one epoch, with the real diagnostics.
-    real = {"table7": [ablate.TABLES["table7"][1]]}
-    monkeypatch.setattr(ablate, "TABLES", {**ablate.TABLES, **real})
-    monkeypatch.setattr(ablate, "DIAGNOSE_FN", ablate.diagnose_run)
-    monkeypatch.setattr(ablate, "DIAGNOSE_RANDOM_FN", ablate.diagnose_random)
-    monkeypatch.setattr(ablate, "DIAGNOSE_VIDEOS", 8)
+    hooks = dict(
+        diagnose_fn=functools.partial(ablate.diagnose_run, videos=8),
+        diagnose_random_fn=functools.partial(ablate.diagnose_random, videos=8),
+    )  # the real training (the default train_fn) and the real diagnostics, on 8 videos
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        assert ablate.main(["table7", "--seeds", "0", "--out", str(tmp_path), "--epochs", "1", *TINY]) == 0
+        argv = ["table7", "--seeds", "0", "--out", str(tmp_path), "--epochs", "1", "--rows", "l_rc", *TINY]
+        assert ablate.main(argv, **hooks) == 0
     res = json.load(open(tmp_path / "table7" / "l_rc" / "seed0" / "result.json"))
     assert 0.0 <= res["top1"] <= 100.0 and 0.0 <= res["random_top1"] <= 100.0 and res["steps"] >= 1
     assert "epochs=1" in res["overrides"]
@@ -221,14 +226,13 @@ def test_tiny_real_run_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "table7.md").exists()
 
 
-def test_rows_filter(tmp_path, monkeypatch, capsys):
+def test_rows_filter(tmp_path, diag, capsys):
     fake, calls = _fake({0: 33.0})
-    monkeypatch.setattr(ablate, "TRAIN_FN", fake)
     argv = ["table7", "--seeds", "0", "--out", str(tmp_path), "--no-plot", "--rows", "L_rc+L_mi+L_td,l_nce"]
-    assert ablate.main(argv) == 0
+    assert ablate.main(argv, train_fn=fake, **diag) == 0
     assert len(calls) == 2
     summary = json.load(open(tmp_path / "table7.json"))
     assert [r["n"] for r in summary["rows"]] == [1, 0, 0, 0, 0, 1]
     assert "| L_rc | — | 0 | 61.4 | 32.5 |" in open(tmp_path / "table7.md").read()
-    assert ablate.main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"]) == 2
+    assert ablate.main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"], **diag) == 2
     assert "unknown row(s) bogus" in capsys.readouterr().err

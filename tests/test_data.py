@@ -34,7 +34,6 @@ from ctrlaug.data import (
     build_dataset,
     collate_views,
     load_records,
-    make_collate,
     read_frames,
 )
 from ctrlaug.data.check import check_dataset
@@ -311,7 +310,9 @@ def test_bad_videos_are_skipped_counted_and_the_epoch_completes(bad_files, tmp_p
     rows = good[:3] + bad + good[3:]
     lst.write_text("path,label\n" + "".join(f"{p},0\n" for p in rows))
     ds = build_dataset("csv", str(lst), augment=SMALL, data=DataConfig(short_side=48, seed=1))
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=make_collate(SMALL))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, collate_fn=functools.partial(collate_views, cfg=SMALL)
+    )
     log = BadVideoLog()
     n = 0
     for batch in loader:
@@ -554,3 +555,39 @@ def test_seeded_samples_are_reproducible(tmp_path, pool):
     assert torch.equal(sa["views"], sb["views"]) and torch.equal(sa["boxes"], sb["boxes"])
     b.set_epoch(1)
     assert not torch.equal(b[1]["boxes"], sa["boxes"])
+
+
+def test_format_registry_is_the_one_source_of_format_names_and_defaults():
+    from ctrlaug.config import DATASETS, load_config
+    from ctrlaug.data import FORMAT_REGISTRY, FORMATS, canonical_format, format_splits, get_format
+    from ctrlaug.data.records import RENDERED
+    from ctrlaug.train import lr_milestones
+
+    # the readers and the rendered sets are exactly the registered formats
+    assert set(FORMATS) | set(RENDERED) == {f.name for f in FORMAT_REGISTRY}
+    assert not set(FORMATS) & set(RENDERED)
+    # every alias, any case, names its format; the config accepts the canonical names and k400
+    for f in FORMAT_REGISTRY:
+        for n in f.names:
+            assert canonical_format(n.upper()) == f.name
+    assert DATASETS == (
+        "shapes",
+        "synthetic",
+        "ucf101",
+        "hmdb51",
+        "k400",
+        "kinetics400",
+        "diving48",
+        "folder",
+        "csv",
+    )
+    assert all(canonical_format(d) for d in DATASETS)
+    with pytest.raises(ValueError, match="unknown dataset format 'ucf-102'"):
+        get_format("ucf-102")
+    # defaults: official folds, splits, the paper's lr rule (75%, 70% on Kinetics-400)
+    assert get_format("ucf101").folds == get_format("hmdb51").folds == (1, 2, 3)
+    assert not get_format("k400").folds and format_splits("k400", "/nowhere") == ["train", "val", "test"]
+    assert format_splits("ucf", "/nowhere") == ["train", "test"]
+    for name, want in (("ucf101", [150]), ("k400", [140]), ("kinetics400", [140]), ("shapes", [150])):
+        cfg = load_config(None, [f"dataset={name}", "epochs=200", "data_root=/x"])
+        assert lr_milestones(cfg) == want, name

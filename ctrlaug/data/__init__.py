@@ -6,7 +6,7 @@ and Pillow when a frame folder is read.
 """
 
 from . import decode
-from .collate import collate_views, make_collate
+from .collate import collate_views
 from .dataset import (
     BadVideoLog,
     DataConfig,
@@ -17,6 +17,8 @@ from .dataset import (
     build_train_dataset,
 )
 from .decode import BadVideoError, VideoInfo, open_video, probe_video, read_frames, write_video
+from .formats import REGISTRY as FORMAT_REGISTRY
+from .formats import DatasetFormat, canonical_format, get_format
 from .records import FORMATS, DatasetFormatError, RecordList, VideoRecord, format_splits, load_records
 from .shapes import FACTORS, ShapesConfig, render_shapes, shape_factors, write_shapes
 from .synthetic import MOTION_CLASSES, SyntheticConfig, render_video, write_synthetic
@@ -39,7 +41,6 @@ __all__ = [
     "write_synthetic",
     "DataConfig",
     "collate_views",
-    "make_collate",
     "BadVideoLog",
     "BadVideoError",
     "VideoInfo",
@@ -48,6 +49,10 @@ __all__ = [
     "read_frames",
     "write_video",
     "FORMATS",
+    "FORMAT_REGISTRY",
+    "DatasetFormat",
+    "canonical_format",
+    "get_format",
     "DatasetFormatError",
     "RecordList",
     "VideoRecord",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from ..augment import AugmentConfig, sample_level_params, sample_levels
 
-__all__ = ["collate_views", "make_collate"]
+__all__ = ["collate_views"]
 
 
 def collate_views(
@@ -32,7 +30,8 @@ def collate_views(
       unless ``levels=False``;
     * ``skipped``: list of ``(path, reason)`` of bad videos replaced while building this batch.
 
-    Use ``functools.partial(collate_views, cfg=...)`` (or :func:`make_collate`) as ``collate_fn``.
+    Use ``functools.partial(collate_views, cfg=...)`` as ``collate_fn`` (picklable, so it works
+    with DataLoader worker processes).
     """
     if not samples:
         raise ValueError("collate_views: empty batch")
@@ -80,7 +79,3 @@ def collate_views(
     out["skipped"] = [x for s in samples for x in s.get("skipped", [])]
     return out
 
-
-def make_collate(cfg: AugmentConfig | None = None, levels: bool = True):
-    """A picklable ``collate_fn`` bound to ``cfg`` (works with DataLoader worker processes)."""
-    return functools.partial(collate_views, cfg=cfg, levels=levels)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, apply_views, sample_eval_views, sample_views
 from .decode import BadVideoError, open_video
+from .formats import canonical_format, get_format
 from .records import RecordList, VideoRecord, load_records
 from .shapes import ShapesConfig, ShapesReader, render_shapes, shape_factors, write_shapes
 from .synthetic import SyntheticConfig, SyntheticReader
@@ -329,8 +330,6 @@ def build_dataset(
     Kinetics). format_kwargs: ``fold`` (ucf101, hmdb51), ``version`` and ``use_frame_range``
     (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51).
     """
-    from .records import canonical_format
-
     fmt = canonical_format(format)
     if fmt == "synthetic":
         return SyntheticMotion(split or "train", synth, augment, data, mode)
@@ -343,11 +342,10 @@ def build_dataset(
 
 def build_train_dataset(cfg, split: str | None = None, mode: str = "pretrain") -> VideoDataset:
     """The pretraining (or, with ``mode="eval"``, evaluation) dataset of a training config
-    (:class:`ctrlaug.config.TrainConfig`: ``dataset``, ``data_root``, ``split``, ``fold``,
-    ``augment``, ``data``, ``synthetic``, ``shapes``, ``seed``). ``data.seed`` None = the run seed."""
-    kw = {}
-    if cfg.dataset in ("ucf101", "hmdb51"):
-        kw["fold"] = cfg.fold
+    (:class:`ctrlaug.config.TrainConfig`: ``dataset``, ``data_root``, ``split``, ``fold`` (passed
+    to the formats with official folds, see :mod:`ctrlaug.data.formats`), ``augment``, ``data``,
+    ``synthetic``, ``shapes``, ``seed``). ``data.seed`` None = the run seed."""
+    kw = {"fold": cfg.fold} if get_format(cfg.dataset).folds else {}
     data = dataclasses.replace(cfg.data, seed=cfg.seed if cfg.data.seed is None else cfg.data.seed)
     return build_dataset(
         cfg.dataset,

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from .formats import canonical_format, get_format, rendered_names
 
 __all__ = [
     "VideoRecord",
@@ -129,7 +130,7 @@ def ucf101_records(
     _need_dir(root, fmt, "dataset root")
     if split not in ("train", "test"):
         raise ValueError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
-    if fold not in (1, 2, 3):
+    if fold not in get_format(fmt).folds:
         raise ValueError(f"{fmt}: fold must be 1, 2 or 3, got {fold}")
     sdirs = (
         [split_dir]
@@ -518,39 +519,20 @@ FORMATS = {
     "folder": folder_records,
     "csv": csv_records,
 }
-_ALIASES = {"ucf": "ucf101", "ucf-101": "ucf101", "hmdb": "hmdb51", "hmdb-51": "hmdb51", "k400": "kinetics400",
-            "kinetics": "kinetics400", "kinetics-400": "kinetics400", "diving": "diving48", "diving-48": "diving48",
-            "generic": "folder"}  # fmt: skip
-
-
-RENDERED = ("synthetic", "shapes")  # rendered on the fly, no files (ctrlaug.data.build_dataset)
-
-
-def canonical_format(fmt: str) -> str:
-    f = fmt.lower()
-    f = _ALIASES.get(f, f)
-    if f not in FORMATS and f not in RENDERED:
-        raise ValueError(f"unknown dataset format {fmt!r}; known: {sorted(FORMATS) + list(RENDERED)}")
-    return f
+RENDERED = rendered_names()  # rendered on the fly, no files (ctrlaug.data.build_dataset)
 
 
 def format_splits(fmt: str, root: str) -> list[str | None]:
     """The splits a format has (used by the checker to scan a whole dataset)."""
-    f = canonical_format(fmt)
-    if f in ("ucf101", "hmdb51", "diving48"):
-        return ["train", "test"]
-    if f == "kinetics400":
-        return ["train", "val", "test"]
-    if f == "folder":
-        subs = [d for d in ("train", "val", "test") if os.path.isdir(os.path.join(root, d))]
+    f = get_format(fmt)
+    if f.name == "folder":
+        subs = [d for d in f.splits if os.path.isdir(os.path.join(root, d))]
         return subs or [None]
-    if f == "csv":
+    if f.name == "csv":
         if os.path.isfile(root):
             return [None]
-        return [s for s in ("train", "val", "test") if os.path.isfile(os.path.join(root, f"{s}.csv"))] or [
-            "train"
-        ]
-    return ["train", "test"]
+        return [s for s in f.splits if os.path.isfile(os.path.join(root, f"{s}.csv"))] or ["train"]
+    return list(f.splits)
 
 
 def load_records(fmt: str, root: str, split: str | None = "train", **kwargs) -> RecordList:
