@@ -70,7 +70,7 @@ from ctrlaug.augment import (
 )
 from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
 from ctrlaug.evaluate import EvalError, knn_top1, load_encoder, resolve_device, run_cli
-from ctrlaug.models import normalize_input, pool
+from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes
 from ctrlaug.utils.threads import one_thread
 
@@ -441,7 +441,7 @@ def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
     for i0 in range(0, n, batch):
         clips, cover, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
-        x = clips.float().div_(255.0)  # [B, 3, F, S, S]
+        x = to_unit(clips)  # [B, 3, F, S, S]
         B = len(x)
         f, maps = _encode(encoder, x, dev, batch)
         out["fwd"].append(f)
@@ -462,7 +462,7 @@ def _train_clips(encoder, shapes, split, n, aug, dev, batch):
     for i0 in range(0, n, batch):
         clips, _, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
-        feats.append(_encode(encoder, clips.float().div_(255.0), dev, batch)[0])
+        feats.append(_encode(encoder, to_unit(clips), dev, batch)[0])
     return torch.cat(feats), _stack_factors(factors)
 
 
@@ -551,20 +551,37 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace, log=print) -> dict:
-    """Load the encoder named by the CLI arguments, diagnose it, write JSON and markdown."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.checkpoint and not args.random_init:
+@dataclasses.dataclass
+class DiagnoseOptions:
+    """One diagnostics run (the ``python -m ctrlaug.diagnose`` arguments, see :func:`build_parser`)."""
+
+    checkpoint: str | None = None  # ckpt_*.pt file or a run folder
+    random_init: bool = False  # random-init encoder of the same config
+    config: str | None = None  # model/data config YAML (default: the checkpoint's own)
+    set: list[str] = dataclasses.field(default_factory=list)  # KEY=VALUE config overrides
+    videos: int = 256  # held-out (and train) videos, >= 4
+    levels: int = 4  # tau_l levels per held-out clip
+    seed: int = 0  # levels, video halves and probes
+    out: str | None = None  # default: the checkpoint's run folder
+    threads: int = 0  # torch CPU threads (0 = default)
+    device: str = "auto"
+
+
+def run(opts: DiagnoseOptions, log=print) -> dict:
+    """Load the encoder named by ``opts``, diagnose it, write JSON and markdown; bad input raises
+    :class:`ctrlaug.evaluate.EvalError`."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if not opts.checkpoint and not opts.random_init:
         raise EvalError("give RUN_OR_CKPT (a ckpt_*.pt or a run folder), or --random-init")
-    if args.videos < 4:
-        raise EvalError(f"--videos must be >= 4, got {args.videos}")
-    device = resolve_device(args.device)
-    enc, cfg, ckpt = load_encoder(args.checkpoint, args.config, args.random_init, args.set)
-    res = diagnose(enc, cfg, videos=args.videos, levels=args.levels, seed=args.seed, device=device)
-    res = {"checkpoint": ckpt, "random_init": bool(args.random_init), **res}
-    out = args.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
-    stem = os.path.join(out, "diagnose" + ("_random" if args.random_init else ""))
+    if opts.videos < 4:
+        raise EvalError(f"--videos must be >= 4, got {opts.videos}")
+    device = resolve_device(opts.device)
+    enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, opts.set)
+    res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
+    res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
+    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    stem = os.path.join(out, "diagnose" + ("_random" if opts.random_init else ""))
     os.makedirs(out, exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
@@ -590,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), lambda args: run(DiagnoseOptions(**vars(args))), argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -35,8 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ctrlaug.data import build_train_dataset
-from ctrlaug.models import build_encoder, normalize_input, pool
+from ctrlaug.data import build_train_dataset, collate_views
+from ctrlaug.models import build_encoder, pool, prepare_input
+from ctrlaug.utils.device import resolve_device as _resolve_device
 
 __all__ = [
     "EvalError",
@@ -49,6 +51,7 @@ __all__ = [
     "evaluate_clips",
     "finetune",
     "build_eval_datasets",
+    "EvalOptions",
     "run",
     "main",
 ]
@@ -198,20 +201,9 @@ def load_encoder(
 
 
 def resolve_device(want: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; EvalError for an unknown or unavailable device."""
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(want)
-    except (RuntimeError, ValueError):
-        raise EvalError(f"bad --device {want!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise EvalError(f"bad --device {want!r}: expected auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {want}: torch sees no CUDA device (torch {torch.__version__})")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise EvalError(f"--device {want}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
+    """'auto' -> cuda if available else cpu; EvalError for an unknown or unavailable device
+    (:func:`ctrlaug.utils.device.resolve_device`)."""
+    return _resolve_device(want, "--device", EvalError)
 
 
 def build_eval_datasets(
@@ -244,8 +236,8 @@ def build_finetune_train_set(
 
 
 class LocalClips(torch.utils.data.Dataset):
-    """Pretrain-mode samples reduced to their K local clips (view 0, the global view, dropped):
-    ``{"views": uint8 [K, 3, F, S, S], "label"}``."""
+    """Pretrain-mode samples reduced to their K local clips: view 0 (the global view) dropped from
+    ``views`` (uint8 [K, 3, F, S, S]), ``boxes`` and ``frame_indices``; the other keys kept."""
 
     def __init__(self, ds):
         self.ds = ds
@@ -258,8 +250,10 @@ class LocalClips(torch.utils.data.Dataset):
             self.ds.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict:
-        s = self.ds[index]
-        return {"views": s["views"][1:], "label": s["label"]}
+        s = dict(self.ds[index])
+        for k in ("views", "boxes", "frame_indices"):
+            s[k] = s[k][1:]
+        return s
 
 
 def _eval_config(
@@ -284,33 +278,23 @@ def _build(c, split: str, mode: str):
         raise EvalError(f"cannot build dataset {c.dataset!r} ({c.data_root or 'no root'}): {e}") from None
 
 
-def _collate(samples: list[dict]) -> dict:
-    return {
-        "views": torch.stack([s["views"] for s in samples]),
-        "label": torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64),
-    }
-
-
 def _loader(ds, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
+    collate = functools.partial(collate_views, levels=False)  # tau_l is not applied in evaluation
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate, generator=g, num_workers=num_workers
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g, num_workers=num_workers
     )
-
-
-def _prep(views: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, F, S, S] -> normalised float [.., 3, F, S, S]."""
-    return normalize_input(views.float().div_(255.0))
 
 
 @torch.no_grad()
 def extract_clip_features(
-    encoder: nn.Module, dataset, batch_size: int = 4, num_workers: int = 0
+    encoder: nn.Module, dataset, batch_size: int = 4, num_workers: int = 0, head: nn.Module | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every clip of an eval-mode dataset, on the encoder's device.
 
-    Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); the encoder
-    runs in eval mode (BN running statistics) and is put back in its previous mode.
+    Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); with ``head``
+    (on the same device), ``head(features)`` instead, e.g. a classifier's logits [N, V, K]. The
+    encoder runs in eval mode (BN running statistics) and is put back in its previous mode.
     """
     was = encoder.training
     encoder.eval()
@@ -320,7 +304,8 @@ def extract_clip_features(
         for b in _loader(dataset, batch_size, num_workers=num_workers):
             v = b["views"].to(dev)  # uint8 [B, V, 3, F, S, S]
             B, V = v.shape[:2]
-            feats.append(pool(encoder(_prep(v.flatten(0, 1))).float()).view(B, V, -1).cpu())
+            f = pool(encoder(prepare_input(v.flatten(0, 1))))
+            feats.append((f if head is None else head(f)).float().view(B, V, -1).cpu())
             labels.append(b["label"])
     finally:
         encoder.train(was)
@@ -414,7 +399,7 @@ def finetune(
             if flip:
                 f = torch.rand(v.shape[0], generator=g) < 0.5
                 x[f] = x[f].flip(-1)
-            loss = F.cross_entropy(head(pool(encoder(_prep(x.to(dev))))), b["label"].to(dev))
+            loss = F.cross_entropy(head(pool(encoder(prepare_input(x.to(dev))))), b["label"].to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -423,14 +408,8 @@ def finetune(
         if log:
             log(f"finetune epoch {ep + 1}/{epochs}: loss {losses[-1]:.4f}")
     encoder.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for b in _loader(test_set, batch_size, num_workers=num_workers):
-            v = b["views"].to(dev)
-            B, V = v.shape[:2]
-            logits.append(head(pool(encoder(_prep(v.flatten(0, 1))))).view(B, V, -1).float().cpu())
-            labels.append(b["label"])
-    res = evaluate_clips(torch.cat(logits), torch.cat(labels))
+    logits, labels = extract_clip_features(encoder, test_set, batch_size, num_workers, head=head)
+    res = evaluate_clips(logits, labels)
     res["train_loss"] = losses
     return res
 
@@ -439,14 +418,46 @@ def finetune(
 # driver
 
 
-def _features(enc, ds, split: str, args, ckpt: str | None, cache_dir: str | None):
+@dataclasses.dataclass
+class EvalOptions:
+    """One evaluation run (the ``python -m ctrlaug.evaluate`` arguments; see :func:`build_parser`
+    for each field's help). ``epochs``/``lr`` 0 = the protocol's default."""
+
+    protocol: str  # one of PROTOCOLS
+    checkpoint: str | None = None  # ckpt_*.pt or a run folder (its newest checkpoint)
+    config: str | None = None  # model/data config YAML (default: the checkpoint's own)
+    random_init: bool = False  # random-init encoder baseline
+    dataset: str | None = None  # dataset format (default: the checkpoint config's)
+    data_root: str | None = None
+    train_split: str | None = None  # default: config split
+    test_split: str | None = None  # default: config probe_split
+    clips: int = 10  # uniformly spaced clips per video
+    epochs: int = 0  # linear 100, finetune 5
+    lr: float = 0.0  # linear 1e-2, finetune 1e-3
+    batch_size: int = 4
+    finetune_aug: str = "crop"  # "crop" or "centre"
+    flip: str = "auto"  # "auto", "yes" or "no"
+    k: int = 20  # knn neighbours
+    t: float = 0.07  # knn vote temperature
+    cache: bool = False  # cache clip features in the out folder
+    out: str | None = None  # default: the checkpoint's run folder
+    threads: int = 0  # torch CPU threads (0 = default)
+    device: str = "auto"
+    workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise EvalError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+
+
+def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_dir: str | None):
     """Clip features, cached as ``<out>/features_<split>.pt`` keyed by checkpoint and dataset."""
     key = {
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
         "mtime": os.path.getmtime(ckpt) if ckpt else 0,
-        "random_init": bool(args.random_init),
-        "dataset": args.dataset,
-        "data_root": args.data_root,
+        "random_init": bool(opts.random_init),
+        "dataset": opts.dataset,
+        "data_root": opts.data_root,
         "split": split,
         "n": len(ds),
     }
@@ -458,102 +469,103 @@ def _features(enc, ds, split: str, args, ckpt: str | None, cache_dir: str | None
                 return c["feats"], c["labels"]
         except Exception:
             pass
-    f, y = extract_clip_features(enc, ds, args.batch_size, num_workers=args.workers)
+    f, y = extract_clip_features(enc, ds, opts.batch_size, num_workers=opts.workers)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         torch.save({"key": key, "feats": f, "labels": y}, path)
     return f, y
 
 
-def run(args: argparse.Namespace, log=print) -> dict:
-    """Run one protocol from parsed CLI arguments; writes and returns the result dict."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.checkpoint and not args.random_init:
+def run(opts: EvalOptions, log=print) -> dict:
+    """Run one protocol; writes ``<out>/eval_<protocol>.json`` and ``.md`` and returns the result
+    dict. Bad input raises :class:`EvalError`."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if not opts.checkpoint and not opts.random_init:
         raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
-    device = resolve_device(args.device)
-    enc, cfg, ckpt = load_encoder(args.checkpoint, args.config, args.random_init)
+    device = resolve_device(opts.device)
+    enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init)
     enc.to(device)
     train_set, test_set = build_eval_datasets(
-        cfg, args.train_split, args.test_split, args.dataset, args.data_root, args.clips
+        cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips
     )
-    out = args.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
-    suffix = "_random" if args.random_init else ""
+    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    suffix = "_random" if opts.random_init else ""
     num_classes = int(train_set.num_classes) if train_set.num_classes else 0
     num_classes = max(num_classes, int(max(train_set.labels)) + 1)
     t0 = time.perf_counter()
     res: dict = {
-        "protocol": args.protocol,
+        "protocol": opts.protocol,
         "checkpoint": ckpt,
-        "random_init": bool(args.random_init),
-        "dataset": args.dataset or cfg.dataset,
+        "random_init": bool(opts.random_init),
+        "dataset": opts.dataset or cfg.dataset,
         "device": str(device),
         "num_train": len(train_set),
         "num_test": len(test_set),
-        "clips": args.clips,
+        "clips": opts.clips,
         "num_classes": num_classes,
     }
-    cache = out if args.cache else None
-    if args.protocol == "finetune":
-        crop = args.finetune_aug == "crop"
+    cache = out if opts.cache else None
+    if opts.protocol == "finetune":
+        crop = opts.finetune_aug == "crop"
         auto = not getattr(train_set, "mirror_changes_labels", False)
-        flip = auto if args.flip == "auto" else args.flip == "yes"
+        flip = auto if opts.flip == "auto" else opts.flip == "yes"
         res["flip"] = flip
         ft_train = (
-            build_finetune_train_set(cfg, args.train_split, args.dataset, args.data_root, flip=flip)
+            build_finetune_train_set(cfg, opts.train_split, opts.dataset, opts.data_root, flip=flip)
             if crop
             else train_set
         )
-        res["finetune_aug"] = args.finetune_aug
+        res["finetune_aug"] = opts.finetune_aug
         res.update(
             finetune(
                 enc,
                 ft_train,
                 test_set,
                 num_classes,
-                epochs=args.epochs or 5,
-                lr=args.lr or 1e-3,
-                batch_size=args.batch_size,
+                epochs=opts.epochs or 5,
+                lr=opts.lr or 1e-3,
+                batch_size=opts.batch_size,
                 seed=cfg.seed,
-                num_workers=args.workers,
+                num_workers=opts.workers,
                 flip=flip and not crop,
                 log=log,
             )
         )
     else:
-        trf, trl = _features(enc, train_set, "train", args, ckpt, cache)
-        tef, tel = _features(enc, test_set, "test", args, ckpt, cache)
-        if args.protocol == "linear":
+        trf, trl = _features(enc, train_set, "train", opts, ckpt, cache)
+        tef, tel = _features(enc, test_set, "test", opts, ckpt, cache)
+        if opts.protocol == "linear":
             clf = fit_linear_clips(
-                trf, trl, num_classes, epochs=args.epochs or 100, lr=args.lr or 1e-2, seed=cfg.seed
+                trf, trl, num_classes, epochs=opts.epochs or 100, lr=opts.lr or 1e-2, seed=cfg.seed
             )
             with torch.no_grad():
                 res.update(evaluate_clips(clf(tef), tel))
-        elif args.protocol == "retrieval":
+        elif opts.protocol == "retrieval":
             r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl)
             res.update({f"R@{k}": v for k, v in r.items()})
         else:
             res["knn_top1"] = knn_top1(
-                trf.mean(1), trl, tef.mean(1), tel, k=args.k, t=args.t, num_classes=num_classes
+                trf.mean(1), trl, tef.mean(1), tel, k=opts.k, t=opts.t, num_classes=num_classes
             )
-            res.update({"k": args.k, "t": args.t})
+            res.update({"k": opts.k, "t": opts.t})
     res["seconds"] = round(time.perf_counter() - t0, 2)
     os.makedirs(out, exist_ok=True)
-    stem = os.path.join(out, f"eval_{args.protocol}{suffix}")
+    stem = os.path.join(out, f"eval_{opts.protocol}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
     metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t")}
     with open(stem + ".md", "w") as f:
-        f.write(f"# {args.protocol} evaluation\n\n")
+        f.write(f"# {opts.protocol} evaluation\n\n")
         f.write(
-            f"checkpoint: `{ckpt}`{' (random init)' if args.random_init else ''}; dataset: {res['dataset']} "
-            f"({res['num_train']} train / {res['num_test']} test videos, {args.clips} clips)\n\n"
+            f"checkpoint: `{ckpt}`{' (random init)' if opts.random_init else ''}; dataset: {res['dataset']} "
+            f"({res['num_train']} train / {res['num_test']} test videos, {opts.clips} clips)\n\n"
         )
         f.write("| metric | value |\n|---|---|\n")
         for k, v in metrics.items():
             f.write(f"| {k} | {v:.2f} |\n")
     res["json"], res["md"] = stem + ".json", stem + ".md"
-    log(f"{args.protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()) + f" -> {stem}.json")
+    log(f"{opts.protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()) + f" -> {stem}.json")
     return res
 
 
@@ -604,8 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None = None) -> int:
-    """Parse ``argv``, call ``run_fn(args)``; an :class:`EvalError` (bad input the user can fix)
-    prints one ``error:`` line and returns 2. Shared by the evaluate and diagnose CLIs."""
+    """Parse ``argv``, call ``run_fn(args)`` (the CLI's adapter from the parsed namespace to the
+    library call); an :class:`EvalError` (bad input the user can fix) prints one ``error:`` line
+    and returns 2. Shared by the evaluate, diagnose and viz CLIs."""
     args = parser.parse_args(argv)
     try:
         run_fn(args)
@@ -616,7 +629,7 @@ def run_cli(parser: argparse.ArgumentParser, run_fn, argv: list[str] | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), lambda args: run(EvalOptions(**vars(args))), argv)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from ctrlaug.utils.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from ctrlaug.utils.device import resolve_device
 from ctrlaug.utils.metrics import MetricWriter, ProgressBar, plot_losses
 
 __all__ = [
@@ -186,11 +187,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, on_step: Callable[[int, int, dict], None] | None = None):
         self.cfg = cfg
         self.on_step = on_step
-        want = cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("bad training config: device='cuda' but torch sees no CUDA device")
+        try:
+            want = resolve_device(cfg.device, "device").type
+        except ValueError as e:
+            raise ConfigError(f"bad training config: {e}") from None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rank, self.world, local_rank = cdist.init_distributed(want)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctrlaug.models import normalize_input
+from ctrlaug.models import prepare_input
 
 __all__ = ["caam", "load_clip", "colorize", "caam_strip", "main"]
 
@@ -40,7 +40,7 @@ def caam(encoder: nn.Module, clip: torch.Tensor) -> torch.Tensor:
     was = encoder.training
     encoder.eval()
     try:
-        fmap = encoder(normalize_input(x.float() / 255.0)).float()  # [N, C, T', H', W']
+        fmap = encoder(prepare_input(x)).float()  # [N, C, T', H', W']
     finally:
         encoder.train(was)
     m = fmap.mean(1, keepdim=True)  # [N, 1, T', H', W']
@@ -111,32 +111,46 @@ def caam_strip(clips: list[torch.Tensor], maps: list[torch.Tensor], columns: int
     return Image.fromarray(canvas)
 
 
-def run_caam(args: argparse.Namespace) -> list[str]:
-    from ctrlaug.evaluate import load_encoder
+def run_caam(
+    videos: list[str],
+    out: str,
+    *,
+    checkpoint: str | None = None,
+    config: str | None = None,
+    random_init: bool = False,
+    gif: str | None = None,
+    frames: int = 0,
+    size: int = 0,
+    columns: int = 8,
+) -> list[str]:
+    """CAAMs of ``videos`` for the encoder of ``checkpoint`` (or a random-init one) as a PNG strip
+    at ``out`` (and an animated GIF at ``gif``); ``frames``/``size`` 0 = the config's clip length
+    and crop. Returns the paths written; bad input raises :class:`ctrlaug.evaluate.EvalError`."""
+    from ctrlaug.evaluate import EvalError, load_encoder
 
-    enc, cfg, _ = load_encoder(args.checkpoint, args.config, args.random_init)
-    size = args.size or cfg.augment.size
-    frames = args.frames or cfg.augment.clip_frames
+    if not checkpoint and not random_init:
+        raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
+    enc, cfg, _ = load_encoder(checkpoint, config, random_init)
+    size = size or cfg.augment.size
+    frames = frames or cfg.augment.clip_frames
     clips, maps = [], []
-    for path in args.video:
+    for path in videos:
         try:
             clip, _ = load_clip(path, frames, size, cfg.augment.eval_crop)
         except Exception as e:
-            from ctrlaug.evaluate import EvalError
-
             raise EvalError(f"cannot read video {path}: {e}".splitlines()[0]) from None
         clips.append(clip)
         maps.append(caam(enc, clip))
-    img = caam_strip(clips, maps, args.columns)
-    img.save(args.out, format="PNG")
-    written = [args.out]
-    if args.gif:
+    img = caam_strip(clips, maps, columns)
+    img.save(out, format="PNG")
+    written = [out]
+    if gif:
         from PIL import Image
 
         frames_ov = np.concatenate([overlay(c, m) for c, m in zip(clips, maps)], axis=2)  # side by side
         ims = [Image.fromarray(f) for f in frames_ov]
-        ims[0].save(args.gif, save_all=True, append_images=ims[1:], duration=120, loop=0)
-        written.append(args.gif)
+        ims[0].save(gif, save_all=True, append_images=ims[1:], duration=120, loop=0)
+        written.append(gif)
     return written
 
 
@@ -153,18 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--frames", type=int, default=0, help="frames per clip (default: config clip_frames)")
     c.add_argument("--size", type=int, default=0, help="crop side (default: config augment.size)")
     c.add_argument("--columns", type=int, default=8, help="frames shown per video")
-    args = p.parse_args(argv)
-    from ctrlaug.evaluate import EvalError
+    from ctrlaug.evaluate import run_cli
 
-    try:
-        if not args.checkpoint and not args.random_init:
-            raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
-        for w in run_caam(args):
+    def run(a) -> None:
+        kw = {k: v for k, v in vars(a).items() if k not in ("cmd", "video", "out")}
+        for w in run_caam(a.video, a.out, **kw):
             print(f"wrote {w}")
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(p, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
+from ctrlaug.models import to_unit
+
 from .config import AugmentConfig
 from .lowlevel import LowLevelParams, low_level_augment, sample_level_params, sample_levels
 from .resize_crop import apply_views
@@ -48,6 +50,6 @@ def augment_batch(
         levels = sample_levels(B * V, cfg, generator=generator)
         params = sample_level_params(levels, cfg, generator=generator)
     assert isinstance(params, LowLevelParams)
-    x = views.flatten(0, 1).float().div_(255.0)
+    x = to_unit(views.flatten(0, 1))
     y = low_level_augment(x, params.to(dev), max_kernel=cfg.max_blur_kernel)
     return y.reshape(B, V, *y.shape[1:])

@@ -78,4 +78,3 @@ def collate_views(
         out["lowlevel"] = sample_level_params(lv, cfg, generator=generator)
     out["skipped"] = [x for s in samples for x in s.get("skipped", [])]
     return out
-

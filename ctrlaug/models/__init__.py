@@ -11,7 +11,7 @@ from .heads import (
     build_order_head,
     pool,
 )
-from .r3d import INPUT_MEAN, INPUT_STD, R3D, normalize_input, r3d18, r3d34, stage_channels
+from .r3d import INPUT_MEAN, INPUT_STD, R3D, normalize_input, prepare_input, stage_channels, to_unit
 
 __all__ = [
     "INPUT_MEAN",
@@ -28,9 +28,9 @@ __all__ = [
     "build_order_head",
     "normalize_input",
     "pool",
-    "r3d18",
-    "r3d34",
+    "prepare_input",
     "stage_channels",
+    "to_unit",
 ]
 
 

@@ -31,7 +31,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["R3D", "r3d18", "r3d34", "BLOCKS", "stage_channels", "normalize_input", "INPUT_MEAN", "INPUT_STD"]
+__all__ = [
+    "R3D",
+    "BLOCKS",
+    "stage_channels",
+    "normalize_input",
+    "to_unit",
+    "prepare_input",
+    "INPUT_MEAN",
+    "INPUT_STD",
+]
 
 # Per-channel RGB statistics for inputs in [0, 1] (the usual Kinetics values); pretraining and
 # every evaluation must normalise the same way, so both call normalize_input.
@@ -45,6 +54,18 @@ def normalize_input(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(INPUT_MEAN, device=x.device, dtype=x.dtype).view(shape)
     std = torch.tensor(INPUT_STD, device=x.device, dtype=x.dtype).view(shape)
     return (x - mean) / std
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [...] -> float32 in [0, 1] (``x / 255``, a new tensor): the input of tau_l."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_unit: expected uint8 pixels, got {x.dtype}")
+    return x.float().div_(255.0)
+
+
+def prepare_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB clips [..., 3, T, H, W] -> the encoder's normalised float32 input (no tau_l)."""
+    return normalize_input(to_unit(x))
 
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -161,11 +182,3 @@ class R3D(nn.Module):
             if i not in stride1_stages:
                 t = down(t, 3, 2, 1)
         return t, h, w
-
-
-def r3d18(width: float = 1.0, **kw) -> R3D:
-    return R3D(18, width, **kw)
-
-
-def r3d34(width: float = 1.0, **kw) -> R3D:
-    return R3D(34, width, **kw)
