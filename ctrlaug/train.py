@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctrlaug.augment import augment_batch, sample_level_params, sample_levels
 from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
-from ctrlaug.data import build_train_dataset, collate_views, get_format
+from ctrlaug.data import BadVideoLog, build_train_dataset, collate_views, get_format
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
 from ctrlaug.utils import dist as cdist
@@ -458,6 +458,9 @@ class Trainer:
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
         fields = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if getattr(cfg, n)] + list(STAT_NAMES)
         fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
+        files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
+        fields += ["bad_videos"] if files else []
+        bad = BadVideoLog()
         writer = MetricWriter(
             cfg.out_dir,
             fields,
@@ -479,6 +482,7 @@ class Trainer:
                 t_wait = time.perf_counter()
                 for batch in self.loader:
                     t_data = time.perf_counter() - t_wait
+                    bad.update(batch)
                     m = self.run_step(batch)
                     self.step += 1
                     self.step_in_epoch += 1
@@ -509,6 +513,8 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.sched.step()
+                if files:
+                    self._report_bad_videos(bad, writer, bar)
                 if self._knn_due():
                     if self.main:
                         acc = self.knn_monitor()
@@ -533,6 +539,23 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "knn": self.knn_history,
         }
+
+    def _report_bad_videos(self, bad: BadVideoLog, writer: MetricWriter, bar: ProgressBar) -> None:
+        """Epoch end (every rank): the bad videos all ranks met this epoch, each replaced by another
+        sample, go to the ``bad_videos`` column of metrics.csv (distinct videos) and, if any, to
+        the log with their reasons; then the log starts over."""
+        every = BadVideoLog()
+        for rank_log in cdist.all_gather_object(bad):
+            every.merge(rank_log)
+        bad.reset()
+        if self.main:
+            writer.log(self.step, self.epoch - 1, {"bad_videos": every.count})
+            if every.count:
+                msg = f"[ctrlaug.train] epoch {self.epoch}: {every.summary()}"
+                if bar.enabled:
+                    bar.note(msg)
+                else:
+                    print(msg, file=sys.stderr)
 
     def _banner(self, writer: MetricWriter) -> None:
         from ctrlaug.ops import status

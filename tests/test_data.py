@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -591,3 +592,28 @@ def test_format_registry_is_the_one_source_of_format_names_and_defaults():
     for name, want in (("ucf101", [150]), ("k400", [140]), ("kinetics400", [140]), ("shapes", [150])):
         cfg = load_config(None, [f"dataset={name}", "epochs=200", "data_root=/x"])
         assert lr_milestones(cfg) == want, name
+
+
+def test_training_reports_bad_videos_per_epoch(bad_files, tmp_path, capsys):
+    from tiny import TINY
+
+    from ctrlaug.config import load_config
+    from ctrlaug.train import train
+    from ctrlaug.utils.metrics import read_csv
+
+    lst = tmp_path / "mixed.csv"
+    bad = [bad_files[k] for k in ("empty", "text", "short")]
+    lst.write_text("path,label\n" + "".join(f"{p},0\n" for p in [bad_files["good"]] * 5 + bad))
+    over = [o for o in TINY if not o.startswith("synthetic.")]
+    run = tmp_path / "run"
+    # batch_size = every video: each epoch meets all three bad ones
+    extra = ["dataset=csv", f"data_root={lst}", "data.short_side=48", "epochs=2", "batch_size=8"]
+    cfg = load_config(None, [*over, *extra, f"out_dir={run}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        train(cfg)
+    rows = [r for r in read_csv(str(run / "metrics.csv")) if r["bad_videos"]]
+    assert [(r["epoch"], r["bad_videos"]) for r in rows] == [("0", "3"), ("1", "3")]
+    err = capsys.readouterr().err
+    assert err.count("bad videos: 3") == 2 and all(p in err for p in bad)
+    assert "too short" in err

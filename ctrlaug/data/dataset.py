@@ -6,8 +6,9 @@ resize-crop each, returning uint8. tau_l is left to the device (:func:`ctrlaug.a
 with levels drawn per batch by :func:`ctrlaug.data.collate_views`.
 
 Bad videos (missing, empty, truncated, not a video, too short) are reported by path and reason,
-replaced by another sample, and listed in the sample's ``"skipped"`` entry so that the epoch log
-(:class:`BadVideoLog`) can count them; the epoch completes.
+replaced by another sample, and listed in the sample's ``"skipped"`` entry; the epoch completes.
+:class:`BadVideoLog` counts them per epoch (pretraining reports it at every epoch end, in the log
+and in the ``bad_videos`` column of metrics.csv).
 """
 
 from __future__ import annotations
@@ -361,7 +362,8 @@ def build_train_dataset(cfg, split: str | None = None, mode: str = "pretrain") -
 
 
 class BadVideoLog:
-    """Epoch log of skipped videos: feed it every batch, read ``count``/``paths``/``summary()``."""
+    """Epoch log of skipped videos: feed it every batch (or a sample's ``skipped`` list), read
+    ``count``/``paths``/``summary()``. :class:`ctrlaug.train.Trainer` keeps one per epoch."""
 
     def __init__(self) -> None:
         self.events = 0
@@ -392,6 +394,12 @@ class BadVideoLog:
         if self.count > 20:
             lines.append(f"  ... and {self.count - 20} more")
         return "\n".join(lines)
+
+    def merge(self, other: BadVideoLog) -> None:
+        """Add another log's skips (e.g. another DDP rank's)."""
+        self.events += other.events
+        for path, reason in other.reasons.items():
+            self.reasons.setdefault(path, reason)
 
     def reset(self) -> None:
         self.events = 0

@@ -27,6 +27,7 @@ __all__ = [
     "gather_with_grad",
     "all_gather_nograd",
     "all_reduce_mean",
+    "all_gather_object",
     "DistBatchNorm3d",
     "convert_sync_bn",
     "feature_group",
@@ -125,6 +126,16 @@ def all_gather_nograd(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x, group=_FEATURE_GROUP)
     return torch.cat(parts, 0)
+
+
+def all_gather_object(obj) -> list:
+    """``obj`` of every rank, in rank order (picklable objects; default group); ``[obj]`` on one
+    process."""
+    if not is_dist():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
