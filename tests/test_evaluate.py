@@ -308,3 +308,17 @@ def test_cuda_evaluation_matches_cpu(tiny_run, tmp_path, monkeypatch):
     assert res["cuda"]["device"].startswith("cuda")
     for k in ("R@1", "R@5", "R@10"):
         assert res["cuda"][k] == res["cpu"][k], (k, res)
+
+
+def test_library_call_takes_options_and_matches_the_cli(tiny_run, tmp_path):
+    from ctrlaug.evaluate import EvalError, EvalOptions, run
+
+    assert main(["knn", "--checkpoint", tiny_run, "--out", str(tmp_path / "cli")]) == 0
+    with open(tmp_path / "cli" / "eval_knn.json") as f:
+        cli = json.load(f)
+    lib = run(EvalOptions("knn", checkpoint=tiny_run, out=str(tmp_path / "lib")), log=lambda msg: None)
+    assert lib["knn_top1"] == cli["knn_top1"] and lib["num_test"] == cli["num_test"]
+    with pytest.raises(EvalError, match="protocol must be one of"):
+        EvalOptions("linaer")
+    with pytest.raises(EvalError, match="--random-init"):
+        run(EvalOptions("knn"))

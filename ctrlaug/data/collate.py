@@ -35,7 +35,6 @@ def collate_views(
     """
     if not samples:
         raise ValueError("collate_views: empty batch")
-    cfg = cfg or AugmentConfig()
     out: dict = {
         "boxes": torch.stack([s["boxes"] for s in samples]),
         "frame_indices": torch.stack([s["frame_indices"] for s in samples]),
@@ -73,6 +72,7 @@ def collate_views(
         out["label"] = torch.tensor(labels, dtype=torch.int64)
     B, V = out["boxes"].shape[:2]
     if levels:
+        cfg = cfg or AugmentConfig()
         lv = sample_levels(B * V, cfg, generator=generator).reshape(B, V)
         out["levels"] = lv
         out["lowlevel"] = sample_level_params(lv, cfg, generator=generator)
