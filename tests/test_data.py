@@ -617,3 +617,11 @@ def test_training_reports_bad_videos_per_epoch(bad_files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("bad videos: 3") == 2 and all(p in err for p in bad)
     assert "too short" in err
+
+
+def test_collate_views_of_views_and_label_samples():
+    # evaluation relabels samples to {"views", "label"} (ctrlaug.calibrate): the one collate serves
+    s = {"views": torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8), "label": 1}
+    b = collate_views([s, dict(s, label=0)], cfg=SMALL)
+    assert b["views"].shape == (2, 2, 3, 4, 8, 8) and b["label"].tolist() == [1, 0]
+    assert b["levels"].shape == (2, 2) and "boxes" not in b and b["skipped"] == []

@@ -30,17 +30,22 @@ def collate_views(
       unless ``levels=False``;
     * ``skipped``: list of ``(path, reason)`` of bad videos replaced while building this batch.
 
+    ``boxes``, ``frame_indices``, ``num_frames`` and ``video_index`` are stacked when every sample
+    has them (dataset samples do); samples of ``views`` and ``label`` alone (e.g. relabelled for
+    evaluation) give a batch of those.
+
     Use ``functools.partial(collate_views, cfg=...)`` as ``collate_fn`` (picklable, so it works
     with DataLoader worker processes).
     """
     if not samples:
         raise ValueError("collate_views: empty batch")
-    out: dict = {
-        "boxes": torch.stack([s["boxes"] for s in samples]),
-        "frame_indices": torch.stack([s["frame_indices"] for s in samples]),
-        "num_frames": torch.tensor([int(s["num_frames"]) for s in samples], dtype=torch.int64),
-        "video_index": torch.tensor([int(s["video_index"]) for s in samples], dtype=torch.int64),
-    }
+    out: dict = {}
+    for key in ("boxes", "frame_indices"):  # absent from views-and-label samples
+        if all(key in s for s in samples):
+            out[key] = torch.stack([s[key] for s in samples])
+    for key in ("num_frames", "video_index"):
+        if all(key in s for s in samples):
+            out[key] = torch.tensor([int(s[key]) for s in samples], dtype=torch.int64)
     if all("views" in s for s in samples):
         out["views"] = torch.stack([s["views"] for s in samples])
     else:
@@ -70,7 +75,7 @@ def collate_views(
     labels = [int(s.get("label", -1)) for s in samples]
     if all(lab >= 0 for lab in labels):
         out["label"] = torch.tensor(labels, dtype=torch.int64)
-    B, V = out["boxes"].shape[:2]
+    B, V = (out["boxes"] if "boxes" in out else out["views"]).shape[:2]
     if levels:
         cfg = cfg or AugmentConfig()
         lv = sample_levels(B * V, cfg, generator=generator).reshape(B, V)
