@@ -367,17 +367,23 @@ def _load_result(d: str) -> dict | None:
         return None
 
 
-def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
-    """Mean ± std over seeds per row, random-init baseline and the rank correlation with the paper."""
+def summarise(table: str, seeds: Sequence[int], out: str, calibration: dict | None = None) -> dict:
+    """Mean ± std over seeds per row, random-init baseline and the rank correlation with the paper.
+
+    With ``calibration`` (the JSON of ``python -m ctrlaug.calibrate`` for the same seeds), every
+    row also gets ``gap_closed`` per seed (:func:`ctrlaug.calibrate.gap_closed`) and ``gate``:
+    whether it closes at least ``GATE_FRACTION`` of the gap on every seed it has run.
+    """
     rows = []
     randoms: dict[int, float] = {}
     random_results: dict[int, dict] = {}
     for row in TABLES[table]:
-        accs, results = [], []
+        accs, results, done = [], [], []
         for seed in seeds:
             r = _load_result(run_dir(out, table, row, seed))
             if r is None:
                 continue
+            done.append(seed)
             accs.append(float(r["top1"]))
             results.append(r)
             if r.get("random_top1") is not None and seed not in randoms:
@@ -395,6 +401,7 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
                 "paper_ucf101": row.ucf101,
                 "paper_hmdb51": row.hmdb51,
                 **_extras(results, "trained"),
+                **_gate(calibration, dict(zip(done, accs))),
             }
         )
     have = [r for r in rows if r["mean"] is not None]
@@ -417,6 +424,35 @@ def summarise(table: str, seeds: Sequence[int], out: str) -> dict:
         "spearman_hmdb51": rho_hmdb,
         "rows_compared": len(have),
     }
+
+
+def _gate(calibration: dict | None, top1: dict[int, float]) -> dict:
+    """``{"gap_closed": {seed: fraction}, "gate": bool}`` of one row, or {} without a calibration."""
+    if calibration is None or not top1:
+        return {}
+    from ctrlaug.calibrate import GATE_FRACTION, gap_closed
+
+    frac = gap_closed(calibration, top1)
+    return {"gap_closed": frac, "gate": all(f >= GATE_FRACTION for f in frac.values())}
+
+
+def _gate_lines(summary: dict) -> list[str]:
+    rows = [r for r in summary["rows"] if "gap_closed" in r]
+    if not rows:
+        return []
+    seeds = summary["seeds"]
+    lines = [
+        "Demo gate: the fraction of the gap from the random-init probe to the supervised ceiling "
+        "(calibration, per seed) that each row closes; it holds when every seed closes >= 1/3.",
+        "",
+        "| row | " + " | ".join(f"seed {k}" for k in seeds) + " | gate |",
+        "|---|" + "---|" * len(seeds) + "---|",
+    ]
+    for r in rows:
+        g = {int(k): v for k, v in r["gap_closed"].items()}
+        cells = [f"{g[k]:.2f}" if k in g else "—" for k in seeds]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {'holds' if r['gate'] else 'fails'} |")
+    return lines + [""]
 
 
 DIAG_COLUMNS = ("lowlevel", "level", "arrow", "focus")
@@ -488,6 +524,7 @@ def to_markdown(summary: dict) -> str:
         ordering_sentence(summary),
         "",
     ]
+    lines += _gate_lines(summary)
     lines += _factor_table(summary)
     return "\n".join(lines)
 
@@ -601,13 +638,15 @@ def run_table(
     rows: Sequence[str] | None = None,
     diagnose: bool = True,
     *,
+    calibration: dict | None = None,
     train_fn: TrainFn = train_and_probe,
     diagnose_fn: DiagnoseFn = diagnose_run,
     diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
 ) -> dict:
     """Run every missing (row, seed) of ``table`` (or of ``rows``) with ``train_fn``, add the
     mechanism diagnostics (``diagnose_fn``, ``diagnose_random_fn``) to every finished run that
-    lacks them (``diagnose=True``), then write and return the summary.
+    lacks them (``diagnose=True``), then write and return the summary (with the demo gate per row
+    when a ``calibration`` is given, see :func:`summarise`).
 
     The summary always lists every row of the table; rows without results show as missing.
     """
@@ -622,7 +661,7 @@ def run_table(
         print(f"{tag}: top-1 {r['top1']:.1f}% (random init {r['random_top1']:.1f}%) in {r['wall_s']:.0f}s")
     if diagnose:
         add_diagnostics(plans, table, out, diagnose_fn, diagnose_random_fn)
-    summary = summarise(table, seeds, out)
+    summary = summarise(table, seeds, out, calibration)
     paths = write_summary(summary, out, plot=plot)
     print(to_markdown(summary))
     print(f"[ctrlaug.ablate] wrote {', '.join(paths.values())}")
@@ -675,8 +714,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default="", help="comma-separated row slugs or labels to run (default: all)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG bar chart")
     p.add_argument("--no-diagnose", action="store_true", help="skip the mechanism diagnostics of each run")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration.json of `python -m ctrlaug.calibrate` for the same seeds: adds the demo gate "
+        "(fraction of the random-init -> supervised gap closed, per seed) to the summary",
+    )
     p.add_argument("overrides", nargs="*", help="key=value training overrides applied to every run")
     return p
+
+
+def _read_calibration(path: str, seeds: Sequence[int]) -> dict:
+    """The calibration JSON at ``path``; ValueError naming the file when it is unreadable, not a
+    calibration, or lacks one of ``seeds``."""
+    try:
+        with open(path) as f:
+            cal = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--calibration {path}: cannot read it ({type(e).__name__}: {e})") from None
+    if not isinstance(cal, dict) or not {"primary", "seeds", "factors"} <= set(cal):
+        raise ValueError(f"--calibration {path}: not a calibration.json (needs primary, seeds, factors)")
+    missing = sorted(set(seeds) - {int(k) for k in cal["seeds"]})
+    if missing:
+        raise ValueError(f"--calibration {path}: seeds {missing} were not calibrated (it has {cal['seeds']})")
+    return cal
 
 
 def main(
@@ -708,6 +769,7 @@ def main(
     rows = [r for r in args.rows.split(",") if r.strip()]
     try:
         plans = plan_runs(args.table, seeds, args.out, extra, rows)
+        calibration = _read_calibration(args.calibration, seeds) if args.calibration else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -731,6 +793,7 @@ def main(
         plot=not args.no_plot,
         rows=rows,
         diagnose=not args.no_diagnose,
+        calibration=calibration,
         train_fn=train_fn,
         diagnose_fn=diagnose_fn,
         diagnose_random_fn=diagnose_random_fn,

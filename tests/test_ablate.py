@@ -236,3 +236,33 @@ def test_rows_filter(tmp_path, diag, capsys):
     assert "| L_rc | — | 0 | 61.4 | 32.5 |" in open(tmp_path / "table7.md").read()
     assert ablate.main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"], **diag) == 2
     assert "unknown row(s) bogus" in capsys.readouterr().err
+
+
+def test_calibration_adds_the_demo_gate_per_row_and_seed(tmp_path, diag, capsys):
+    # seed 0: floor 20, ceiling 80 (gap 60); seed 1: floor 30, ceiling 60 (gap 30)
+    cal = {
+        "primary": "shape",
+        "seeds": [0, 1],
+        "factors": {"shape": {"supervised": [80.0, 60.0], "random_init": [20.0, 30.0], "chance": 12.5}},
+    }
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(cal))
+    fake, _ = _fake({0: 50.0, 1: 35.0})  # closes 0.50 of seed 0's gap, 0.17 of seed 1's
+    out = str(tmp_path / "abl")
+    argv = ["table6", "--seeds", "0,1", "--out", out, "--no-plot", "--calibration", str(path)]
+    assert ablate.main(argv, train_fn=fake, **diag) == 0
+    summary = json.load(open(os.path.join(out, "table6.json")))
+    row = summary["rows"][0]
+    assert row["gap_closed"] == {"0": pytest.approx(0.5), "1": pytest.approx(5 / 30)}
+    assert row["gate"] is False
+    md = open(os.path.join(out, "table6.md")).read()
+    assert f"| {row['label']} | 0.50 | 0.17 | fails |" in md
+    # a calibration without one of the seeds is one error line, before any training
+    cal["seeds"], cal["factors"]["shape"]["supervised"] = [0], [80.0]
+    path.write_text(json.dumps(cal))
+    argv = ["table6", "--seeds", "0,1", "--out", str(tmp_path / "b"), "--calibration", str(path)]
+    assert ablate.main(argv, train_fn=fake, **diag) == 2
+    assert "seeds [1] were not calibrated" in capsys.readouterr().err
+    path.write_text("{not json")
+    assert ablate.main(argv, train_fn=fake, **diag) == 2
+    assert f"--calibration {path}: cannot read it" in capsys.readouterr().err
