@@ -78,7 +78,7 @@ def retrieval_recall(
     gallery_labels: torch.Tensor,
     ks: Sequence[int] = (1, 5, 10, 20, 50),
 ) -> dict[int, float]:
-    """Top-k retrieval recall (paper §4.3, Table 9 protocol), cosine similarity.
+    """Top-k retrieval recall (paper §4.3, the protocol of its Table 3), cosine similarity.
 
     Args:
         query_feats: float [Q, C] (test videos); query_labels: int [Q].

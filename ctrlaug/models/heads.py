@@ -1,6 +1,7 @@
 """Heads on top of the R3D feature map: per-cell projection, MI statistics network, order heads.
 
-- :class:`ProjectionHead`: the per-cell projection of §4.2 (512-512-128, 1x1x1 convs), output
+- :class:`ProjectionHead`: the per-cell projection (1x1x1 convs; the paper specifies no head, so
+  its widths are our choice: 512-512-128 in configs/ucf101.yaml, 64-128-64 in the demo), output
   L2-normalised along channels; it maps a [N, C, T, H, W] map to [N, D, T, H, W] (the cells that
   L_rc contrasts) and a pooled [N, C] vector to [N, D] (what L_nce contrasts).
 - :class:`StatisticsNetwork`: G_theta of eq. 5-6, a two-layer MLP on a pair of pooled view

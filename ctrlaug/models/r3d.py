@@ -1,7 +1,8 @@
-"""R3D-18 / R3D-34 in plain PyTorch, Hara et al. layout, with a per-call temporal stride.
+"""R3D-18 / R3D-34 in plain PyTorch (Hara et al.'s blocks and widths), with a per-call temporal
+stride.
 
-Layout (Hara, Kataoka, Satoh 2018, "Can spatiotemporal 3D CNNs retrace the history of 2D CNNs
-and ImageNet?"; the backbone of the paper, §4.2):
+Layout (after Hara, Kataoka, Satoh 2018, "Can spatiotemporal 3D CNNs retrace the history of 2D
+CNNs and ImageNet?"; the backbone of the paper, §4.2), with one deliberate difference:
 
     conv1   7x7x7, 64,  stride (1, 2, 2)        16x112x112 -> 16x56x56
     maxpool 3x3x3,      stride (1, 2, 2)                   -> 16x28x28
@@ -11,7 +12,10 @@ and ImageNet?"; the backbone of the paper, §4.2):
     layer4  BasicBlock x n4, 512, stride 2                 ->  2x4x4
 
 (n = 2,2,2,2 for R3D-18 and 3,4,6,3 for R3D-34; shortcut type B: 1x1x1 conv + BN when the
-shape changes.) A 16x112x112 clip therefore gives the paper's 2x4x4 clip grid.
+shape changes.) Hara et al.'s max-pool strides time as well, which would leave a 16-frame clip
+with a 1x4x4 grid. The paper states the grids instead: 2x4x4 for a 16x112x112 clip and 8x4x4 for
+the global view (§4.2). A (1, 2, 2) max-pool with layers 2-4 strided in time gives exactly those,
+so the stated grids decide the stride (our choice where the two sources disagree).
 
 The global path f' of §3.1 runs *the same weights* with the temporal stride of some of the
 strided stages set to 1 for that call only: ``encoder(x, stride1_stages=(3, 4))`` turns the
