@@ -27,8 +27,6 @@ from .lowlevel import (
 from .position import Views, clip_starts_range, crop_rect, sample_eval_views, sample_views
 from .resize_crop import apply_views, view_grid
 
-resize_crop = apply_views  # alias: the batched resize-crop of the issue text
-
 __all__ = [
     "AugmentConfig",
     "PAPER_BLUR_LEVELS",
@@ -38,7 +36,6 @@ __all__ = [
     "crop_rect",
     "clip_starts_range",
     "apply_views",
-    "resize_crop",
     "view_grid",
     "LowLevelParams",
     "level_components",
