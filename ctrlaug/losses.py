@@ -72,12 +72,27 @@ ESTIMATORS = ("dv", "jsd", "infonce")
 OUR_CHOICE = "not specified by the paper; our choice"
 
 
-@config
+def _loss_config(name: str, enabled: bool, weight: float, weight_help: str | None = None):
+    """:func:`~ctrlaug.utils.cfgtools.config` for one loss's settings, with the two fields every
+    loss has put first: ``enabled`` (its switch) and ``weight`` (in the total)."""
+
+    def wrap(cls):
+        cls.__annotations__ = {
+            "enabled": "bool",
+            "weight": "float",
+            **cls.__dict__.get("__annotations__", {}),
+        }
+        cls.enabled = opt(enabled, f"enable {name}")
+        cls.weight = opt(weight, weight_help or f"weight of {name}", min=0.0)
+        return config(cls)
+
+    return wrap
+
+
+@_loss_config("L_rc", enabled=True, weight=1.0)
 class RCConfig:
     """L_rc, spatio-temporal region contrast (eq. 3-4)."""
 
-    enabled: bool = opt(True, "enable L_rc")
-    weight: float = opt(1.0, "weight of L_rc", min=0.0)
     tau: float = opt(0.07, f"temperature of L_rc ({OUR_CHOICE})", min=1e-6)
     queue_size: int = opt(
         0, "memory queue of past global cells used as extra L_rc negatives (0 = off)", min=0
@@ -87,12 +102,10 @@ class RCConfig:
     )
 
 
-@config
+@_loss_config("L_mi", True, 0.1, "weight of the level term (theta maximises, encoder minimises via GRL)")
 class MIConfig:
     """L_mi, low-level shortcut elimination (eq. 5-6)."""
 
-    enabled: bool = opt(True, "enable L_mi")
-    weight: float = opt(0.1, "weight of the level term (theta maximises, encoder minimises via GRL)", min=0.0)
     lg_weight: float = opt(
         1.0,
         "relative weight, inside L_mi, of G_theta on local-global pairs (minimised by the encoder only)",
@@ -108,16 +121,15 @@ class MIConfig:
     lr: float = opt(1e-3, "Adam learning rate of G_theta (its own optimizer)", min=0.0)
 
 
-@config
+@_loss_config(
+    "L_td",
+    True,
+    0.01,
+    f"weight of L_td ({OUR_CHOICE}: 0.01 chosen on the shapes val split, docs/benchmark.md)",
+)
 class TDConfig:
     """L_td, local-global temporal dependency (eq. 7)."""
 
-    enabled: bool = opt(True, "enable L_td")
-    weight: float = opt(
-        0.01,
-        f"weight of L_td ({OUR_CHOICE}: 0.01 chosen on the shapes val split, docs/benchmark.md)",
-        min=0.0,
-    )
     head: str = opt("gru", "order head (Table 6)", choices=("gru", "mlp", "gru_mlp", "vcop"))
     hidden: int = opt(128, f"hidden width of the order head (GRU state / MLP; {OUR_CHOICE})", min=1)
     tau: float = opt(0.1, f"temperature of the GRU head's cosine score ({OUR_CHOICE})", min=1e-6)
@@ -128,12 +140,10 @@ class TDConfig:
     shuffles: int = opt(1, "shuffled orders per video (the marginal samples)", min=1)
 
 
-@config
+@_loss_config("L_nce", enabled=False, weight=1.0)
 class NCEConfig:
     """L_nce, the clip-level InfoNCE baseline (eq. 2, Table 7)."""
 
-    enabled: bool = opt(False, "enable L_nce")
-    weight: float = opt(1.0, "weight of L_nce", min=0.0)
     tau: float = opt(0.07, f"temperature of L_nce ({OUR_CHOICE})", min=1e-6)
     mode: str = opt(
         "clip_global",
