@@ -14,6 +14,9 @@ Parts (median of ``--reps`` timed calls after warm-up, device synchronised insid
 * optimizer: the two Adam steps;
 * step: ``Trainer.run_step`` on a ready batch (augmentation + forward + backward + optimizer).
 
+The parts use the trainer's own phases: ``Trainer.prepare_views`` (levels and tau_l as in the
+step), ``CtrlAugObjective.encode`` and ``CtrlAugObjective.losses`` (``only=`` one loss).
+
 The issue's GPU target is augmentation + losses <= 15% of the step.
 """
 
@@ -35,9 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import time_once  # noqa: E402
 
-from ctrlaug.augment import augment_batch  # noqa: E402
 from ctrlaug.config import load_config  # noqa: E402
-from ctrlaug.models import normalize_input  # noqa: E402
 from ctrlaug.train import Trainer  # noqa: E402
 
 PRESETS = {
@@ -59,8 +60,8 @@ PRESETS = {
         "width=1.0",
         "proj_hidden=512",
         "proj_dim=128",
-        "mi_hidden=512",
-        "td_hidden=512",
+        "mi.hidden=512",
+        "td.hidden=512",
         "batch_size=32",
         "augment.size=112",
         "augment.global_frames=16",
@@ -109,19 +110,9 @@ def main() -> int:
 
     # ---- augmentation (tau_l on the device) -----------------------------------------------------
     B, V = batch["boxes"].shape[:2]
-    K = V - 1
-
-    def aug():
-        lv, params = tr._levels(B, V)
-        return normalize_input(augment_batch(dict(batch, levels=lv, lowlevel=params), dev, cfg=cfg.augment))
-
-    res["augmentation"] = time_once(aug, dev, args.reps)
-    views = aug()
-    glob = views[:, 0]
-    clips = views[:, 1:].reshape(B * K, *views.shape[2:])
-    if cfg.channels_last and dev.type == "cuda":
-        glob = glob.contiguous(memory_format=torch.channels_last_3d)
-        clips = clips.contiguous(memory_format=torch.channels_last_3d)
+    res["augmentation"] = time_once(lambda: tr.prepare_views(batch), dev, args.reps)
+    inp = tr.prepare_views(batch)
+    clips, glob = inp.clips, inp.glob
 
     # ---- encoder forward + backward --------------------------------------------------------------
     with torch.no_grad(), amp:
@@ -136,26 +127,19 @@ def main() -> int:
     res["encoder"] = time_once(encoder, dev, args.reps)
 
     # ---- losses on fixed features ----------------------------------------------------------------
-    boxes = batch["boxes"].to(dev)
-    lv, _ = tr._levels(B, V)
-    vid = batch["video_index"].to(dev)
     queue = tr.queue.get()
     fc_f, fg_f = fc0.float(), fg0.float()
 
-    def losses():
+    def losses(only=None):
         fc = fc_f.detach().requires_grad_()
         fg = fg_f.detach().requires_grad_()
-        out = obj._losses(fc, fg, boxes[:, 1:], boxes[:, 0], lv.to(dev), vid, 1, queue)
+        out = obj.losses(
+            fc, fg, inp.clip_boxes, inp.global_boxes, inp.levels, inp.video_index, 1, queue, only=only
+        )
         out["loss"].backward()
 
-    names = [n for n in ("rc", "mi", "td", "nce") if getattr(obj, n) is not None]
-    saved = {n: getattr(obj, n) for n in names}
-    for n in names:
-        for m in names:
-            setattr(obj, m, saved[m] if m == n else None)
-        res[f"loss_{n}"] = time_once(losses, dev, args.reps)
-    for m in names:
-        setattr(obj, m, saved[m])
+    for n in obj.enabled:
+        res[f"loss_{n}"] = time_once(lambda n=n: losses((n,)), dev, args.reps)
     res["losses (all)"] = time_once(losses, dev, args.reps)
 
     # ---- optimizer -----------------------------------------------------------------------------
@@ -181,7 +165,7 @@ def main() -> int:
         "preset": args.preset,
         "batch_videos": B,
         "views_per_video": V,
-        "view_shape": list(views.shape[2:]),
+        "view_shape": list(glob.shape[1:]),
         "clip_grid": list(fc0.shape[2:]),
         "global_grid": list(fg0.shape[2:]),
         "amp": str(tr.amp_dtype),

@@ -16,7 +16,7 @@ LIMIT=${SCIENCE_RUN_TIMEOUT:-300}
 if [ "${SCIENCE_TINY:-0}" = "1" ]; then
   EXTRA=(shapes.train_per_class=2 shapes.test_per_class=4 shapes.num_frames=16 shapes.size=32
          augment.size=32 augment.global_frames=8 augment.clip_frames=8 width=0.125 proj_hidden=32
-         proj_dim=16 mi_hidden=16 td_hidden=16 batch_size=8 epochs=1 num_workers=0 probe_epochs=5
+         proj_dim=16 mi.hidden=16 td.hidden=16 batch_size=8 epochs=1 num_workers=0 probe_epochs=5
          progress=false)
   LIMIT=${SCIENCE_RUN_TIMEOUT:-120}
 fi

@@ -10,7 +10,7 @@ paper reports for it on UCF-101 and HMDB-51 (R3D-18 pretrained on UCF-101 for 15
 * Table 4 -- local-global sampling: number of local clips K and the temporal resolution T_v of the
   global feature (``augment.num_clips``, ``global_stride1_stages``: [3,4] -> 8, [4] -> 4, [] -> 2).
 * Table 5 -- low-level augmentation levels: #B/C/S, #H, #G (``augment.levels_*``, ``augment.blur_levels``).
-* Table 6 -- temporal dependency head: None / VCOP / MLP / GRU / GRU+MLP (``td``, ``td_head``).
+* Table 6 -- temporal dependency head: None / VCOP / MLP / GRU / GRU+MLP (``td``, ``td.head``).
 * Table 7 -- learning objectives: L_nce, L_rc, L_mi, L_td switches (``nce``, ``rc``, ``mi``, ``td``).
 
 For each row and seed the training runs in-process into ``<out>/<table>/<row-slug>/seed<k>/``,
@@ -124,10 +124,10 @@ TABLES: dict[str, list[Row]] = {
     # Table 6: temporal dependency head of L_td.
     "table6": [
         Row("None", ("td=false",), 54.5, 28.3),
-        Row("VCOP", ("td_head=vcop",), 57.6, 29.4),
-        Row("MLP", ("td_head=mlp",), 58.8, 30.1),
-        Row("GRU", ("td_head=gru",), 60.1, 31.3),
-        Row("GRU+MLP", ("td_head=gru_mlp",), 60.5, 31.0),
+        Row("VCOP", ("td.head=vcop",), 57.6, 29.4),
+        Row("MLP", ("td.head=mlp",), 58.8, 30.1),
+        Row("GRU", ("td.head=gru",), 60.1, 31.3),
+        Row("GRU+MLP", ("td.head=gru_mlp",), 60.5, 31.0),
     ],
     # Table 7: learning objectives (L_nce is the standard clip-level contrastive loss).
     "table7": [

@@ -1,25 +1,22 @@
-"""Typed training configuration: one dataclass, YAML files and ``key=value`` overrides.
+"""The training configuration schema: :class:`TrainConfig`, YAML files and ``key=value`` overrides.
 
 Every field has a default, a one-line help (shown by ``python -m ctrlaug.train --help``) and,
-where it matters, its valid choices or bounds. The dataclass defaults *are* the embedded demo
-(a small-width R3D on the factorised shapes benchmark, a few CPU minutes); ``configs/*.yaml`` hold
-the paper settings for UCF-101 and Kinetics-400.
+where it matters, its valid choices or bounds, declared with :func:`ctrlaug.utils.cfgtools.opt`
+(the generic loading, coercion and validation live in :mod:`ctrlaug.utils.cfgtools`). The
+dataclass defaults *are* the embedded demo (a small-width R3D on the factorised shapes benchmark,
+a few CPU minutes); ``configs/*.yaml`` hold the paper settings for UCF-101 and Kinetics-400.
 
 Loading order: defaults < YAML file < ``key=value`` overrides. Nested dataclasses (``augment``,
-the :class:`ctrlaug.augment.AugmentConfig`) take dotted keys (``augment.num_clips=3``) or a
-nested mapping in YAML. Unknown keys and bad values raise one :class:`ConfigError` that lists
-every problem with the valid keys or choices.
+``data``, ``shapes``, ``synthetic`` and one per loss: ``rc``, ``mi``, ``td``, ``nce``) take dotted
+keys (``augment.num_clips=3``, ``rc.tau=0.1``) or a nested mapping in YAML; a loss also takes a
+bare switch (``nce=true`` = ``nce.enabled=true``). Unknown keys, the old flat loss keys
+(``tau``, ``mi_weight``, ...) and bad values raise one :class:`ConfigError` that lists every
+problem with the valid keys, the new name or the valid choices.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import yaml
 
@@ -28,6 +25,9 @@ from ctrlaug.data.dataset import DataConfig
 from ctrlaug.data.formats import config_names, get_format
 from ctrlaug.data.shapes import ShapesConfig
 from ctrlaug.data.synthetic import SyntheticConfig
+from ctrlaug.losses import OUR_CHOICE, MIConfig, NCEConfig, RCConfig, TDConfig
+from ctrlaug.utils import cfgtools
+from ctrlaug.utils.cfgtools import ConfigError, config, opt
 
 __all__ = [
     "ConfigError",
@@ -41,25 +41,29 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A bad training configuration: unknown keys or invalid values (all listed at once)."""
-
-
-def opt(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None, factory=None):
-    """A config field: default, help line, optional choices / lower bound (inclusive)."""
-    meta = {"help": help, "choices": choices, "min": min}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 DATASETS = config_names()  # ctrlaug.data.formats: shapes, synthetic, ucf101, hmdb51, k400, ...
-ESTIMATORS = ("dv", "jsd", "infonce")
+
+# The flat loss keys before the losses got their own nested configs.
+_RENAMED = {
+    "tau": "rc.tau",
+    "queue_size": "rc.queue_size",
+    "rc_weight": "rc.weight",
+    "rc_backend": "rc.backend",
+}
+_RENAMED |= {
+    f"mi_{k}": f"mi.{k}"
+    for k in ("weight", "lg_weight", "estimator", "hidden", "ema", "grl", "max_pairs", "lr")
+}
+_RENAMED |= {f"td_{k}": f"td.{k}" for k in ("weight", "head", "hidden", "tau", "estimator", "shuffles")}
+_RENAMED |= {f"nce_{k}": f"nce.{k}" for k in ("weight", "tau", "mode")}
+_RENAMED["mi_ema"] = "mi.ema; L_td's moving-average rate, which mi_ema also set, is now td.ema"
 
 
-@dataclass
+@config
 class TrainConfig:
     """Self-supervised pretraining of the paper (§3, §4.2). Defaults = the CPU demo."""
+
+    RENAMED: ClassVar[dict[str, str]] = _RENAMED
 
     # ---- run ------------------------------------------------------------------------------------
     out_dir: str = opt(
@@ -113,8 +117,8 @@ class TrainConfig:
         "stages (2,3,4) run with temporal stride 1 on the global path: [3,4] -> T_v=8",
         factory=lambda: [3, 4],
     )
-    proj_hidden: int = opt(128, "hidden width of the per-cell projection head (paper: 512)", min=1)
-    proj_dim: int = opt(64, "output width of the per-cell projection head (paper: 128)", min=1)
+    proj_hidden: int = opt(128, f"hidden width of the per-cell projection head ({OUR_CHOICE})", min=1)
+    proj_dim: int = opt(64, f"output width of the per-cell projection head ({OUR_CHOICE})", min=1)
     sync_bn: bool = opt(False, "synchronise BatchNorm statistics over DDP ranks")
     channels_last: bool = opt(True, "channels-last-3d memory format for the encoder (CUDA only)")
     compile: bool = opt(False, "torch.compile the encoder")
@@ -122,57 +126,18 @@ class TrainConfig:
         "auto", "mixed precision: 'auto' = bf16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off")
     )
 
-    # ---- L_rc: spatio-temporal region contrast (eq. 3-4) ----------------------------------------
-    rc: bool = opt(True, "enable L_rc")
-    rc_weight: float = opt(1.0, "weight of L_rc", min=0.0)
-    tau: float = opt(0.07, "temperature of L_rc (paper: 0.07)", min=1e-6)
-    queue_size: int = opt(
-        0, "memory queue of past global cells used as extra L_rc negatives (0 = off)", min=0
+    # ---- losses: each a nested config handed to its loss (ctrlaug.losses) ------------------------
+    rc: RCConfig = opt(None, "L_rc, region contrast (eq. 3-4); rc=false switches it off", factory=RCConfig)
+    mi: MIConfig = opt(
+        None, "L_mi, low-level shortcut elimination (eq. 5-6); mi=false switches it off", factory=MIConfig
     )
-    rc_backend: str = opt(
-        "auto", "backend of the fused ops", choices=("auto", "reference", "cpp", "triton", "cuda")
+    td: TDConfig = opt(
+        None, "L_td, local-global temporal dependency (eq. 7); td=false switches it off", factory=TDConfig
     )
-
-    # ---- L_mi: low-level shortcut elimination (eq. 5-6) -----------------------------------------
-    mi: bool = opt(True, "enable L_mi")
-    mi_weight: float = opt(
-        0.1, "weight of the level term (theta maximises, encoder minimises via GRL)", min=0.0
-    )
-    mi_lg_weight: float = opt(
-        1.0,
-        "relative weight, inside L_mi, of G_theta on local-global pairs (minimised by the encoder only)",
-        min=0.0,
-    )
-    mi_estimator: str = opt(
-        "dv", "MI estimator: MINE/Donsker-Varadhan, Jensen-Shannon or InfoNCE", choices=ESTIMATORS
-    )
-    mi_hidden: int = opt(128, "hidden width of the statistics network G_theta (paper: unspecified)", min=1)
-    mi_ema: float = opt(0.01, "moving-average rate of MINE's bias-corrected denominator", min=1e-6)
-    mi_grl: float = opt(1.0, "gradient-reversal scale from G_theta to the encoder", min=0.0)
-    mi_max_pairs: int = opt(1024, "cap on joint pairs per step (InfoNCE scores pairs x pairs)", min=1)
-    mi_lr: float = opt(1e-3, "Adam learning rate of G_theta (its own optimizer)", min=0.0)
-
-    # ---- L_td: local-global temporal dependency (eq. 7) -----------------------------------------
-    td: bool = opt(True, "enable L_td")
-    td_weight: float = opt(
-        0.01,
-        "weight of L_td (paper: unspecified; 0.01 chosen on the shapes val split, docs/benchmark.md)",
-        min=0.0,
-    )
-    td_head: str = opt("gru", "order head (Table 6)", choices=("gru", "mlp", "gru_mlp", "vcop"))
-    td_hidden: int = opt(128, "hidden width of the order head (GRU state / MLP)", min=1)
-    td_tau: float = opt(0.1, "temperature of the GRU head's cosine score", min=1e-6)
-    td_estimator: str = opt("dv", "MI estimator of L_td", choices=ESTIMATORS)
-    td_shuffles: int = opt(1, "shuffled orders per video (the marginal samples)", min=1)
-
-    # ---- L_nce: clip-level InfoNCE baseline (eq. 2, Table 7) ------------------------------------
-    nce: bool = opt(False, "enable L_nce")
-    nce_weight: float = opt(1.0, "weight of L_nce", min=0.0)
-    nce_tau: float = opt(0.07, "temperature of L_nce", min=1e-6)
-    nce_mode: str = opt(
-        "clip_global",
-        "positives: the clip's own global view, or the other clips of its video",
-        choices=("clip_global", "clip_clip"),
+    nce: NCEConfig = opt(
+        None,
+        "L_nce, clip-level InfoNCE baseline (eq. 2, Table 7); nce=true switches it on",
+        factory=NCEConfig,
     )
 
     # ---- optimisation ---------------------------------------------------------------------------
@@ -210,237 +175,45 @@ class TrainConfig:
     knn_k: int = opt(20, "kNN monitor: neighbours that vote", min=1)
     knn_t: float = opt(0.07, "kNN monitor: vote weight exp(cos / knn_t)", min=1e-4)
 
-
-# ----------------------------------------------------------------------------------------------
-# Coercion and validation
-# ----------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is None and hasattr(tp, "__name__"):
-        return tp.__name__
-    return str(tp).replace("typing.", "").replace("NoneType", "None")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert ``value`` (YAML-parsed) to type ``tp`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            s = value.strip()
-            if s in ("", "[]", "()"):
-                value = []
-            else:
-                parsed = yaml.safe_load(s if s.startswith(("[", "(")) else f"[{s}]")
-                value = parsed if isinstance(parsed, list) else [parsed]
-        if origin is list and isinstance(value, int | float | str) and not isinstance(value, bool):
-            value = [value]  # a single scalar for a list field: stride1_stages=4
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is list:
-            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # PyYAML reads '1e-3' as a string
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, prefix=f"{key}.")
-    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
-
-
-def _unknown(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}"
-
-
-def _build(cls: type, values: dict, prefix: str = "", errors: list[str] | None = None):
-    """Instantiate dataclass ``cls`` from defaults updated with ``values`` (nested dicts allowed).
-
-    Problems are appended to ``errors`` when given (and None is returned); without it they are
-    raised as one ConfigError.
-    """
-    errs: list[str] = []
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in values.items():
-        full = f"{prefix}{k}"
-        if k not in fields:
-            errs.append(_unknown(full, [f"{prefix}{n}" for n in fields]))
-            continue
-        tp = hints[k]
-        try:
-            if dataclasses.is_dataclass(tp) and isinstance(v, dict):
-                base = (
-                    fields[k].default_factory()
-                    if fields[k].default_factory is not dataclasses.MISSING
-                    else tp()
-                )
-                kwargs[k] = _build(tp, {**_shallow_dict(base), **v}, prefix=f"{full}.", errors=errs)
-            else:
-                kwargs[k] = _coerce(v, tp, full)
-        except ConfigError as e:
-            errs.append(str(e))
-            continue
-        meta = fields[k].metadata
-        val = kwargs[k]
-        if meta.get("choices") and val not in meta["choices"]:
+    def _problems(self) -> list[str]:
+        """Cross-field checks."""
+        errs = []
+        bad = [s for s in self.global_stride1_stages if s not in (2, 3, 4)]
+        if bad or len(set(self.global_stride1_stages)) != len(self.global_stride1_stages):
             errs.append(
-                f"{full}: invalid value {val!r}; valid choices: {', '.join(map(str, meta['choices']))}"
+                f"global_stride1_stages: invalid value {self.global_stride1_stages!r}; "
+                "valid choices: a subset of [2, 3, 4]"
             )
-        if meta.get("min") is not None and isinstance(val, int | float) and val < meta["min"]:
-            errs.append(f"{full}: {val!r} is below the minimum {meta['min']}")
-    obj = None
-    if not errs:
-        try:
-            obj = cls(**kwargs)
-        except (ValueError, TypeError) as e:
-            errs.append(f"{prefix.rstrip('.') or cls.__name__}: {e}")
-    if errors is not None:
-        errors.extend(errs)
-        return obj
-    if errs:
-        raise ConfigError(_format(errs))
-    return obj
+        if not any(c.enabled for c in (self.rc, self.mi, self.td, self.nce)):
+            errs.append("rc, mi, td, nce: every objective is off; enable at least one")
+        if self.td.enabled and self.augment.num_clips < 2:
+            errs.append(
+                f"td: L_td orders clips and needs augment.num_clips >= 2, got {self.augment.num_clips}"
+            )
+        if self.lr_milestones is not None and any(m < 1 for m in self.lr_milestones):
+            errs.append(f"lr_milestones: epochs must be >= 1, got {self.lr_milestones!r}")
+        if self.dataset in DATASETS and not get_format(self.dataset).rendered and not self.data_root:
+            errs.append(f"data_root: required for dataset={self.dataset!r}")
+        return errs
 
 
-def _shallow_dict(obj) -> dict:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+# ----------------------------------------------------------------------------------------------
+# Loading and saving (the generic engine: ctrlaug.utils.cfgtools)
+# ----------------------------------------------------------------------------------------------
 
-
-def _format(errors: list[str]) -> str:
-    if len(errors) == 1:
-        return f"bad training config: {errors[0]}"
-    return "bad training config:\n  - " + "\n  - ".join(errors)
-
-
-def _validate(cfg: TrainConfig) -> list[str]:
-    """Cross-field checks; returns the problems found."""
-    errs = []
-    bad = [s for s in cfg.global_stride1_stages if s not in (2, 3, 4)]
-    if bad or len(set(cfg.global_stride1_stages)) != len(cfg.global_stride1_stages):
-        errs.append(
-            f"global_stride1_stages: invalid value {cfg.global_stride1_stages!r}; valid choices: a subset of [2, 3, 4]"
-        )
-    if not (cfg.rc or cfg.mi or cfg.td or cfg.nce):
-        errs.append("rc, mi, td, nce: every objective is off; enable at least one")
-    if cfg.td and cfg.augment.num_clips < 2:
-        errs.append(f"td: L_td orders clips and needs augment.num_clips >= 2, got {cfg.augment.num_clips}")
-    if cfg.lr_milestones is not None and any(m < 1 for m in cfg.lr_milestones):
-        errs.append(f"lr_milestones: epochs must be >= 1, got {cfg.lr_milestones!r}")
-    if cfg.dataset in DATASETS and not get_format(cfg.dataset).rendered and not cfg.data_root:
-        errs.append(f"data_root: required for dataset={cfg.dataset!r}")
-    return errs
+_WHAT = "training config"
 
 
 def config_from_dict(values: dict) -> TrainConfig:
     """Build and validate a TrainConfig from a (possibly nested) mapping."""
     if not isinstance(values, dict):
         raise ConfigError(f"bad training config: expected a mapping of keys, got {type(values).__name__}")
-    cfg = _build(TrainConfig, values)
-    errs = _validate(cfg)
-    if errs:
-        raise ConfigError(_format(errs))
-    return cfg
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        parts = k.split(".")
-        d = out
-        for p in parts[:-1]:
-            nxt = d.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                nxt = d[p] = {}
-            d = nxt
-        d[parts[-1]] = v
-    return out
-
-
-def _merge(base: dict, upd: dict) -> dict:
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return cfgtools.build(TrainConfig, values, what=_WHAT)
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Merge ``key=value`` strings (values parsed as YAML scalars/lists) into ``values``."""
-    flat = {}
-    errors = []
-    for item in overrides:
-        if "=" not in item:
-            errors.append(f"override {item!r} is not key=value")
-            continue
-        k, v = item.split("=", 1)
-        k = k.strip()
-        try:
-            parsed = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            parsed = v
-        flat[k] = v if isinstance(parsed, dict) else parsed
-    if errors:
-        raise ConfigError(_format(errors))
-    return _merge(values, _nest(flat))
+    return cfgtools.apply_overrides(values, overrides, TrainConfig, what=_WHAT)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -459,17 +232,9 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return config_from_dict(values)
 
 
-def _plain(v: Any) -> Any:
-    if dataclasses.is_dataclass(v):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
 def config_to_dict(cfg: TrainConfig) -> dict:
     """Plain nested dict (tuples as lists) that :func:`config_from_dict` reads back."""
-    return _plain(cfg)
+    return cfgtools.to_dict(cfg)
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
@@ -477,43 +242,6 @@ def save_config(cfg: TrainConfig, path: str) -> None:
         yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """Trailing ``# comment`` of each field in the class source (used for AugmentConfig)."""
-    import inspect
-
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for line in src.splitlines():
-        s = line.strip()
-        if ":" in s and "#" in s and not s.startswith("#"):
-            name = s.split(":", 1)[0].strip()
-            if name.isidentifier():
-                out[name] = s.split("#", 1)[1].strip()
-    return out
-
-
 def help_text() -> str:
     """Every key with its type, default and help (what ``--help`` prints)."""
-    lines = []
-    default = TrainConfig()
-
-    def emit(cls, obj, prefix):
-        hints = typing.get_type_hints(cls)
-        comments = _field_comments(cls)
-        for f in dataclasses.fields(cls):
-            val = getattr(obj, f.name)
-            if dataclasses.is_dataclass(val):
-                lines.append(f"  {prefix}{f.name}.*  ({f.metadata.get('help', '')})")
-                emit(type(val), val, f"{prefix}{f.name}.")
-                continue
-            help_ = f.metadata.get("help") or comments.get(f.name, "")
-            choices = f.metadata.get("choices")
-            extra = f" {{{'|'.join(map(str, choices))}}}" if choices else ""
-            tp = _type_name(hints[f.name])
-            lines.append(f"  {prefix}{f.name}={json.dumps(_plain(val))}  [{tp}]{extra}\n      {help_}")
-
-    emit(TrainConfig, default, "")
-    return "\n".join(lines)
+    return cfgtools.help_text(TrainConfig())

@@ -10,6 +10,12 @@
 - :class:`CtrlAugObjective` holds the encoder, the heads and the losses; its ``forward`` runs one
   step's encoder passes and returns every loss term, so one DDP wrapper covers all parameters.
 
+Each loss has a small config dataclass (:class:`RCConfig`, :class:`MIConfig`, :class:`TDConfig`,
+:class:`NCEConfig`) that the training config nests as ``rc``, ``mi``, ``td``, ``nce`` and that is
+handed straight to the loss's constructor. Each loss also has the same per-step entry point,
+``term(ctx)``: it reads what it needs from one :class:`StepContext` and returns
+``{"loss": ..., "stats": {...}}`` (L_rc adds ``"keys"`` for the memory queue).
+
 Mutual-information bounds (Belghazi et al. 2018 "MINE"; Hjelm et al. 2019 for JSD; van den Oord
 et al. 2018 for InfoNCE) all take scores of a critic on joint and marginal samples and return
 ``(estimate, surrogate)``: the estimate is what gets logged, the surrogate is what to *maximise*
@@ -25,6 +31,7 @@ whole global batch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -34,8 +41,14 @@ from ctrlaug.models.heads import ProjectionHead, StatisticsNetwork, VCOPHead, bu
 from ctrlaug.models.r3d import R3D
 from ctrlaug.ops import correspondence, region_contrast
 from ctrlaug.utils import dist as cdist
+from ctrlaug.utils.cfgtools import config, opt
 
 __all__ = [
+    "RCConfig",
+    "MIConfig",
+    "TDConfig",
+    "NCEConfig",
+    "StepContext",
     "grad_reverse",
     "dv_bound",
     "jsd_bound",
@@ -49,6 +62,140 @@ __all__ = [
     "CtrlAugObjective",
     "cells",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations (nested in ctrlaug.config.TrainConfig as rc, mi, td, nce)
+# ----------------------------------------------------------------------------------------------
+
+ESTIMATORS = ("dv", "jsd", "infonce")
+OUR_CHOICE = "not specified by the paper; our choice"
+
+
+def _loss_config(name: str, enabled: bool, weight: float, weight_help: str | None = None):
+    """:func:`~ctrlaug.utils.cfgtools.config` for one loss's settings, with the two fields every
+    loss has put first: ``enabled`` (its switch) and ``weight`` (in the total)."""
+
+    def wrap(cls):
+        cls.__annotations__ = {
+            "enabled": "bool",
+            "weight": "float",
+            **cls.__dict__.get("__annotations__", {}),
+        }
+        cls.enabled = opt(enabled, f"enable {name}")
+        cls.weight = opt(weight, weight_help or f"weight of {name}", min=0.0)
+        return config(cls)
+
+    return wrap
+
+
+@_loss_config("L_rc", enabled=True, weight=1.0)
+class RCConfig:
+    """L_rc, spatio-temporal region contrast (eq. 3-4)."""
+
+    tau: float = opt(0.07, f"temperature of L_rc ({OUR_CHOICE})", min=1e-6)
+    queue_size: int = opt(
+        0, "memory queue of past global cells used as extra L_rc negatives (0 = off)", min=0
+    )
+    backend: str = opt(
+        "auto", "backend of the fused ops", choices=("auto", "reference", "cpp", "triton", "cuda")
+    )
+
+
+@_loss_config("L_mi", True, 0.1, "weight of the level term (theta maximises, encoder minimises via GRL)")
+class MIConfig:
+    """L_mi, low-level shortcut elimination (eq. 5-6)."""
+
+    lg_weight: float = opt(
+        1.0,
+        "relative weight, inside L_mi, of G_theta on local-global pairs (minimised by the encoder only)",
+        min=0.0,
+    )
+    estimator: str = opt(
+        "dv", "MI estimator: MINE/Donsker-Varadhan, Jensen-Shannon or InfoNCE", choices=ESTIMATORS
+    )
+    hidden: int = opt(128, f"hidden width of the statistics network G_theta ({OUR_CHOICE})", min=1)
+    ema: float = opt(0.01, "moving-average rate of MINE's bias-corrected denominator", min=1e-6)
+    grl: float = opt(1.0, "gradient-reversal scale from G_theta to the encoder", min=0.0)
+    max_pairs: int = opt(1024, "cap on joint pairs per step (InfoNCE scores pairs x pairs)", min=1)
+    lr: float = opt(1e-3, "Adam learning rate of G_theta (its own optimizer)", min=0.0)
+
+
+@_loss_config(
+    "L_td",
+    True,
+    0.01,
+    f"weight of L_td ({OUR_CHOICE}: 0.01 chosen on the shapes val split, docs/benchmark.md)",
+)
+class TDConfig:
+    """L_td, local-global temporal dependency (eq. 7)."""
+
+    head: str = opt("gru", "order head (Table 6)", choices=("gru", "mlp", "gru_mlp", "vcop"))
+    hidden: int = opt(128, f"hidden width of the order head (GRU state / MLP; {OUR_CHOICE})", min=1)
+    tau: float = opt(0.1, f"temperature of the GRU head's cosine score ({OUR_CHOICE})", min=1e-6)
+    estimator: str = opt("dv", "MI estimator of L_td", choices=ESTIMATORS)
+    ema: float = opt(
+        0.01, "moving-average rate of MINE's bias-corrected denominator (estimator dv)", min=1e-6
+    )
+    shuffles: int = opt(1, "shuffled orders per video (the marginal samples)", min=1)
+
+
+@_loss_config("L_nce", enabled=False, weight=1.0)
+class NCEConfig:
+    """L_nce, the clip-level InfoNCE baseline (eq. 2, Table 7)."""
+
+    tau: float = opt(0.07, f"temperature of L_nce ({OUR_CHOICE})", min=1e-6)
+    mode: str = opt(
+        "clip_global",
+        "positives: the clip's own global view, or the other clips of its video",
+        choices=("clip_global", "clip_clip"),
+    )
+
+
+@dataclass
+class StepContext:
+    """What the losses of one step read: this rank's share of the global batch.
+
+    fc [B*K, C, Tc, Hc, Wc] and fg [B, C, Tv, Hv, Wv] float32 feature maps of the clips (clip k of
+    video b at row b*K + k) and of the global views; clip_boxes [B, K, 7], global_boxes [B, 7];
+    levels [B, 1+K] int64 (global view first) or None; video_ids [B] int64; ``generator``: the
+    step's CPU generator (identical on every rank; the losses draw from it in a fixed order);
+    ``queue``: past global cells or None; ``proj``: the shared per-cell projection head.
+    """
+
+    fc: torch.Tensor
+    fg: torch.Tensor
+    clip_boxes: torch.Tensor
+    global_boxes: torch.Tensor
+    levels: torch.Tensor | None
+    video_ids: torch.Tensor
+    generator: torch.Generator
+    queue: torch.Tensor | None = None
+    proj: nn.Module | None = None
+    _pooled: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def B(self) -> int:
+        return self.fg.shape[0]
+
+    @property
+    def K(self) -> int:
+        return self.fc.shape[0] // self.fg.shape[0]
+
+    @property
+    def owner(self) -> torch.Tensor:
+        """[B*K] local video index of every clip."""
+        return torch.arange(self.B, device=self.fc.device).repeat_interleave(self.K)
+
+    def pooled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features of the *global* batch (all-gathered with gradients), computed once:
+        clips [Bg, K, C] and global views [Bg, C]."""
+        if self._pooled is None:
+            C = self.fc.shape[1]
+            pc = cdist.gather_with_grad(pool(self.fc)).view(-1, self.K, C)
+            pg = cdist.gather_with_grad(pool(self.fg))
+            self._pooled = (pc, pg)
+        return self._pooled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,12 +268,19 @@ def infonce_bound(pos: torch.Tensor, scores: torch.Tensor):
 
 
 class MIBound(nn.Module):
-    """One selectable MI lower bound with its own MINE moving-average state."""
+    """One selectable MI lower bound on (joint, marginal) scores, with its own MINE moving-average
+    state: ``"dv"`` or ``"jsd"``. InfoNCE scores every candidate of a row instead of one marginal
+    sample, so it is not a kind here: the losses call :func:`infonce_bound` on their score matrix."""
 
     def __init__(self, kind: str = "dv", ema_rate: float = 0.01):
         super().__init__()
-        if kind not in ("dv", "jsd", "infonce"):
-            raise ValueError(f"MI estimator must be one of ('dv', 'jsd', 'infonce'), got {kind!r}")
+        if kind == "infonce":
+            raise ValueError(
+                "MIBound: 'infonce' has no (joint, marginal) form; score every candidate and call "
+                "infonce_bound (LowLevelMILoss and TemporalDependencyLoss do so for estimator='infonce')"
+            )
+        if kind not in ("dv", "jsd"):
+            raise ValueError(f"MI estimator must be one of ('dv', 'jsd'), got {kind!r}")
         self.kind, self.rate = kind, ema_rate
         self.register_buffer("log_ema", torch.tensor(float("nan")))
 
@@ -134,6 +288,11 @@ class MIBound(nn.Module):
         if self.kind == "dv":
             return dv_bound(joint, marginal, self.log_ema if update else None, self.rate)
         return jsd_bound(joint, marginal)
+
+
+def _pair_kind(estimator: str) -> str:
+    """The :class:`MIBound` kind built for an estimator (InfoNCE leaves it unused)."""
+    return "jsd" if estimator == "infonce" else estimator
 
 
 def cells(feat: torch.Tensor) -> torch.Tensor:
@@ -183,9 +342,25 @@ class RegionContrastLoss(nn.Module):
     on its owner video's key block; all other keys are negatives (the n of eq. 4).
     """
 
-    def __init__(self, tau: float = 0.07, backend: str = "auto"):
+    stats: tuple[str, ...] = ()
+
+    def __init__(self, cfg: RCConfig | None = None):
         super().__init__()
-        self.tau, self.backend = tau, backend
+        cfg = cfg or RCConfig()
+        self.tau, self.backend, self.weight = cfg.tau, cfg.backend, cfg.weight
+
+    def term(self, ctx: StepContext) -> dict:
+        """L_rc of one step: clip cells query the global cells of the batch (and the queue)."""
+        B, K = ctx.B, ctx.K
+        loss, keys = self(
+            ctx.proj(ctx.fc),
+            ctx.proj(ctx.fg),
+            ctx.clip_boxes.reshape(B * K, 7),
+            ctx.global_boxes,
+            ctx.owner,
+            ctx.queue,
+        )
+        return {"loss": loss, "stats": {}, "keys": keys}
 
     def forward(
         self,
@@ -252,21 +427,35 @@ class LowLevelMILoss(nn.Module):
     ``forward`` returns the loss to *minimise* and the two estimates for logging.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        hidden: int = 512,
-        estimator: str = "dv",
-        ema_rate: float = 0.01,
-        grl: float = 1.0,
-        lg_weight: float = 1.0,
-        max_pairs: int = 1024,
-    ):
+    stats = ("mi_level", "mi_lg", "mi_pairs")
+
+    def __init__(self, in_dim: int, cfg: MIConfig | None = None):
         super().__init__()
-        self.G = StatisticsNetwork(in_dim, hidden)
-        self.kind, self.grl, self.lg_weight, self.max_pairs = estimator, grl, lg_weight, max_pairs
-        self.bound_level = MIBound("jsd" if estimator == "infonce" else estimator, ema_rate)
-        self.bound_lg = MIBound("jsd" if estimator == "infonce" else estimator, ema_rate)
+        cfg = cfg or MIConfig()
+        self.G = StatisticsNetwork(in_dim, cfg.hidden)
+        self.kind, self.grl, self.lg_weight, self.max_pairs = (
+            cfg.estimator,
+            cfg.grl,
+            cfg.lg_weight,
+            cfg.max_pairs,
+        )
+        self.weight = cfg.weight
+        # With InfoNCE the bounds stay unused (``_bound`` calls infonce_bound); they are built as
+        # "jsd" so that checkpoints hold the same buffers whatever the estimator.
+        self.bound_level = MIBound(_pair_kind(cfg.estimator), cfg.ema)
+        self.bound_lg = MIBound(_pair_kind(cfg.estimator), cfg.ema)
+
+    def term(self, ctx: StepContext) -> dict:
+        """L_mi of one step on the pooled views of the global batch, each with its level and video."""
+        if ctx.levels is None:
+            raise ValueError("L_mi needs the per-view intensity levels of the batch")
+        pc, pg = ctx.pooled()
+        Bg, K, dev = pg.shape[0], ctx.K, ctx.fc.device
+        views = torch.cat([pg[:, None], pc], 1).reshape(Bg * (1 + K), -1)
+        lv = cdist.all_gather_nograd(ctx.levels.to(dev).long()).reshape(-1)
+        vid = cdist.all_gather_nograd(ctx.video_ids.to(dev).long()).repeat_interleave(1 + K)
+        r = self(views, lv, vid, pc, pg, ctx.generator)
+        return {"loss": r.pop("loss"), "stats": r}
 
     def _bound(self, bound: MIBound, x, y, y_marg, detach: bool):
         if self.kind == "infonce":
@@ -347,21 +536,24 @@ class TemporalDependencyLoss(nn.Module):
     cross-entropy over the K! clip orders (no global feature; Table 6's baseline).
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        head: str = "gru",
-        hidden: int = 256,
-        num_clips: int = 4,
-        tau: float = 0.1,
-        estimator: str = "dv",
-        ema_rate: float = 0.01,
-        shuffles: int = 1,
-    ):
+    stats = ("mi_td", "td_acc")
+
+    def __init__(self, in_dim: int, num_clips: int = 4, cfg: TDConfig | None = None):
         super().__init__()
-        self.head_kind, self.kind, self.shuffles = head, estimator, shuffles
-        self.head = build_order_head(head, in_dim, hidden, num_clips, tau)
-        self.bound = MIBound("jsd" if estimator == "infonce" else estimator, ema_rate)
+        cfg = cfg or TDConfig()
+        self.head_kind, self.kind, self.shuffles, self.weight = (
+            cfg.head,
+            cfg.estimator,
+            cfg.shuffles,
+            cfg.weight,
+        )
+        self.head = build_order_head(cfg.head, in_dim, cfg.hidden, num_clips, cfg.tau)
+        self.bound = MIBound(_pair_kind(cfg.estimator), cfg.ema)  # unused with InfoNCE, see LowLevelMILoss
+
+    def term(self, ctx: StepContext) -> dict:
+        """L_td of one step on the pooled clips and global views of the global batch."""
+        r = self(*ctx.pooled(), ctx.generator)
+        return {"loss": r.pop("loss"), "stats": r}
 
     def forward(self, clip_feats: torch.Tensor, global_feats: torch.Tensor, generator: torch.Generator):
         """clip_feats [B, K, C] in temporal order, global_feats [B, C]."""
@@ -401,11 +593,16 @@ class ClipInfoNCELoss(nn.Module):
     video, negatives all clips of other videos (the usual clip-level contrast).
     """
 
-    def __init__(self, tau: float = 0.07, mode: str = "clip_global"):
+    stats: tuple[str, ...] = ()
+
+    def __init__(self, cfg: NCEConfig | None = None):
         super().__init__()
-        if mode not in ("clip_global", "clip_clip"):
-            raise ValueError(f"nce_mode must be 'clip_global' or 'clip_clip', got {mode!r}")
-        self.tau, self.mode = tau, mode
+        cfg = cfg or NCEConfig()
+        self.tau, self.mode, self.weight = cfg.tau, cfg.mode, cfg.weight
+
+    def term(self, ctx: StepContext) -> dict:
+        """L_nce of one step on pooled, projected clip and global embeddings."""
+        return {"loss": self(ctx.proj(pool(ctx.fc)), ctx.proj(pool(ctx.fg)), ctx.owner), "stats": {}}
 
     def forward(self, clip_emb: torch.Tensor, global_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """clip_emb [P, D], global_emb [B, D] (L2-normalised, this rank), owner [P] local video."""
@@ -432,16 +629,19 @@ class ClipInfoNCELoss(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+LOSSES = ("rc", "nce", "mi", "td")  # evaluation order: L_mi, then L_td draw from the step generator
+
+
 class CtrlAugObjective(nn.Module):
     """Encoder + heads + the enabled losses; ``forward`` computes one step's loss terms.
 
-    Args (all plain values so the object is easy to build from a config):
+    Args:
         encoder: an :class:`ctrlaug.models.R3D`.
         num_clips: K.
         global_stride1_stages: stages run with temporal stride 1 on the global path (f').
         proj_hidden, proj_dim: per-cell projection head sizes.
-        rc, mi, td, nce: dicts of keyword arguments for each loss, or None when off; each dict
-            also carries ``weight``.
+        rc, mi, td, nce: each loss's config (:class:`RCConfig`, ...), handed to its constructor;
+            a loss is on when its config is given and ``enabled``.
 
     The MI statistics network lives in ``self.mi.G`` (give it its own optimizer); everything
     else trains with the encoder.
@@ -454,38 +654,35 @@ class CtrlAugObjective(nn.Module):
         global_stride1_stages=(3, 4),
         proj_hidden: int = 512,
         proj_dim: int = 128,
-        rc: dict | None = None,
-        mi: dict | None = None,
-        td: dict | None = None,
-        nce: dict | None = None,
+        rc: RCConfig | None = None,
+        mi: MIConfig | None = None,
+        td: TDConfig | None = None,
+        nce: NCEConfig | None = None,
     ):
         super().__init__()
         self.encoder = encoder
         self.K = num_clips
         self.stride1 = tuple(global_stride1_stages)
         C = encoder.out_channels
-        self.weights: dict[str, float] = {}
-        need_proj = rc is not None or nce is not None
-        self.proj = ProjectionHead(C, proj_hidden, proj_dim) if need_proj else None
-        self.rc = self.mi = self.td = self.nce = None
-        if rc is not None:
-            rc = dict(rc)
-            self.weights["rc"] = rc.pop("weight", 1.0)
-            self.rc = RegionContrastLoss(**rc)
-        if mi is not None:
-            mi = dict(mi)
-            self.weights["mi"] = mi.pop("weight", 1.0)
-            self.mi = LowLevelMILoss(C, **mi)
-        if td is not None:
-            td = dict(td)
-            self.weights["td"] = td.pop("weight", 1.0)
-            self.td = TemporalDependencyLoss(C, num_clips=num_clips, **td)
-        if nce is not None:
-            nce = dict(nce)
-            self.weights["nce"] = nce.pop("weight", 1.0)
-            self.nce = ClipInfoNCELoss(**nce)
-        if not self.weights:
+        on = {n: c is not None and c.enabled for n, c in (("rc", rc), ("mi", mi), ("td", td), ("nce", nce))}
+        self.proj = ProjectionHead(C, proj_hidden, proj_dim) if on["rc"] or on["nce"] else None
+        # Built in this order (rc, mi, td, nce): the parameters' creation order fixes their init.
+        self.rc = RegionContrastLoss(rc) if on["rc"] else None
+        self.mi = LowLevelMILoss(C, mi) if on["mi"] else None
+        self.td = TemporalDependencyLoss(C, num_clips, td) if on["td"] else None
+        self.nce = ClipInfoNCELoss(nce) if on["nce"] else None
+        if not self.enabled:
             raise ValueError("CtrlAugObjective: every loss is off; enable at least one of rc, mi, td, nce")
+
+    @property
+    def enabled(self) -> tuple[str, ...]:
+        """Names of the enabled losses, in evaluation order."""
+        return tuple(n for n in LOSSES if getattr(self, n) is not None)
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        """Names of the statistics ``forward`` returns under ``"stats"``."""
+        return tuple(s for n in self.enabled for s in getattr(self, n).stats)
 
     def encode(self, clips: torch.Tensor, globals_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """clips [B*K, 3, T, H, W] through f, globals_ [B, 3, T, H, W] through f' (same weights)."""
@@ -501,7 +698,7 @@ class CtrlAugObjective(nn.Module):
         video_ids: torch.Tensor,
         step_seed: int,
         queue: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict:
         """One step on this rank's share of the global batch.
 
         clips [B*K, 3, T, H, W] (clip k of video b at row b*K + k), globals_ [B, 3, T, H, W],
@@ -509,8 +706,7 @@ class CtrlAugObjective(nn.Module):
         when L_mi is off), video_ids [B] int64 (dataset indices), ``step_seed``: seed of this
         step's pair/shuffle sampling (identical on every rank).
 
-        Returns a dict with ``loss`` (weighted total), each enabled ``loss_<name>`` (unweighted),
-        logging statistics, and ``keys`` (detached gathered global cells, for the queue).
+        Returns what :meth:`losses` returns.
         """
         B = globals_.shape[0]
         K = self.K
@@ -518,45 +714,42 @@ class CtrlAugObjective(nn.Module):
             raise ValueError(f"clips has {clips.shape[0]} rows, expected B*K = {B}*{K}")
         fc, fg = self.encode(clips, globals_)  # under the caller's autocast (bf16 on GPU)
         with torch.autocast(fc.device.type, enabled=False):  # heads and losses in float32
-            return self._losses(
+            return self.losses(
                 fc.float(), fg.float(), clip_boxes, global_boxes, levels, video_ids, step_seed, queue
             )
 
-    def _losses(self, fc, fg, clip_boxes, global_boxes, levels, video_ids, step_seed, queue):
-        """Every enabled loss from float32 feature maps fc [B*K, C, ...] and fg [B, C, ...]."""
-        B, K = fg.shape[0], self.K
-        gen = torch.Generator().manual_seed(int(step_seed))
-        owner = torch.arange(B, device=fc.device).repeat_interleave(K)
-        out: dict[str, torch.Tensor] = {}
+    def losses(
+        self, fc, fg, clip_boxes, global_boxes, levels, video_ids, step_seed, queue=None, only=None
+    ) -> dict:
+        """Every enabled loss (or those named in ``only``) from float32 feature maps fc [B*K, C, ...]
+        and fg [B, C, ...], one loop, each loss through its ``term``; the other arguments as in
+        :meth:`forward` (see :class:`StepContext`).
+
+        Returns ``{"loss": weighted total, "terms": {name: unweighted loss}, "stats": {name: value}}``
+        plus ``"keys"`` (detached gathered global cells, for the queue) when L_rc ran.
+        """
+        ctx = StepContext(
+            fc,
+            fg,
+            clip_boxes,
+            global_boxes,
+            levels,
+            video_ids,
+            torch.Generator().manual_seed(int(step_seed)),
+            queue,
+            self.proj,
+        )
         total = fc.new_zeros(())
-        if self.rc is not None:
-            loss, keys = self.rc(
-                self.proj(fc), self.proj(fg), clip_boxes.reshape(B * K, 7), global_boxes, owner, queue
-            )
-            out["loss_rc"], out["keys"] = loss, keys
-            total = total + self.weights["rc"] * loss
-        if self.nce is not None:
-            loss = self.nce(self.proj(pool(fc)), self.proj(pool(fg)), owner)
-            out["loss_nce"] = loss
-            total = total + self.weights["nce"] * loss
-        if self.mi is not None or self.td is not None:
-            pc = cdist.gather_with_grad(pool(fc)).view(-1, K, fc.shape[1])  # [Bg, K, C]
-            pg = cdist.gather_with_grad(pool(fg))  # [Bg, C]
-        if self.mi is not None:
-            if levels is None:
-                raise ValueError("L_mi needs the per-view intensity levels of the batch")
-            Bg = pg.shape[0]
-            views = torch.cat([pg[:, None], pc], 1).reshape(Bg * (1 + K), -1)
-            lv = cdist.all_gather_nograd(levels.to(fc.device).long()).reshape(-1)
-            vid = cdist.all_gather_nograd(video_ids.to(fc.device).long()).repeat_interleave(1 + K)
-            r = self.mi(views, lv, vid, pc, pg, gen)
-            out["loss_mi"] = r["loss"]
-            out.update({k: v for k, v in r.items() if k != "loss"})
-            total = total + self.weights["mi"] * r["loss"]
-        if self.td is not None:
-            r = self.td(pc, pg, gen)
-            out["loss_td"] = r["loss"]
-            out.update({k: v for k, v in r.items() if k != "loss"})
-            total = total + self.weights["td"] * r["loss"]
+        out: dict = {"terms": {}, "stats": {}}
+        for name in self.enabled:
+            if only is not None and name not in only:
+                continue
+            loss_fn = getattr(self, name)
+            r = loss_fn.term(ctx)
+            out["terms"][name] = r["loss"]
+            out["stats"].update(r["stats"])
+            if "keys" in r:
+                out["keys"] = r["keys"]
+            total = total + loss_fn.weight * r["loss"]
         out["loss"] = total
         return out

@@ -9,11 +9,13 @@ a random-init one, written to ``<out_dir>/probe.json``.
 One step (paper §3, §4.2):
   1. the DataLoader yields uint8 views (global view + K clips per video, tau_p applied in the
      workers) with their boxes;
-  2. tau_l levels and parameters are drawn for the *global* batch from a (seed, step) generator
-     and applied on the device (``ctrlaug.augment.augment_batch``);
-  3. :class:`ctrlaug.losses.CtrlAugObjective` runs f on the clips and f' on the global views and
-     returns L_rc, L_mi, L_td, L_nce (each switchable and weighted);
-  4. one backward; Adam on the encoder and heads, a second Adam on the MI statistics network.
+  2. :meth:`Trainer.prepare_views`: tau_l levels and parameters are drawn for the *global* batch
+     from a (seed, step) generator and applied on the device (``ctrlaug.augment.augment_batch``);
+  3. :meth:`Trainer.forward`: :class:`ctrlaug.losses.CtrlAugObjective` runs f on the clips and f'
+     on the global views and returns the weighted total, each enabled term (L_rc, L_mi, L_td,
+     L_nce) and the losses' statistics;
+  4. :meth:`Trainer.update`: one backward; Adam on the encoder and heads, a second Adam on the MI
+     statistics network. :meth:`Trainer.run_step` is these three phases.
 
 Everything random is a function of (seed, epoch, index) or (seed, step), so a resumed run
 reproduces the uninterrupted one and a DDP run reproduces one process on the same global batch.
@@ -32,12 +34,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ctrlaug.augment import augment_batch, sample_level_params, sample_levels
+from ctrlaug.augment import augment_batch, sample_batch_levels
 from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
 from ctrlaug.data import BadVideoLog, build_train_dataset, collate_views, get_format
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
@@ -57,14 +60,12 @@ __all__ = [
     "main",
     "train",
     "build_objective",
+    "StepInputs",
     "build_train_dataset",
     "lr_milestones",
     "Trainer",
     "NonFiniteLossError",
 ]
-
-LOSS_NAMES = ("rc", "mi", "td", "nce")
-STAT_NAMES = ("mi_level", "mi_lg", "mi_td", "td_acc", "mi_pairs")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,47 +90,33 @@ def lr_milestones(cfg: TrainConfig) -> list[int]:
 
 def build_objective(cfg: TrainConfig) -> CtrlAugObjective:
     """Encoder + heads + enabled losses, from the config (CPU, fp32, not yet wrapped)."""
-    enc = build_encoder(cfg.arch, cfg.width)
-    a = cfg.augment
-    rc = dict(weight=cfg.rc_weight, tau=cfg.tau, backend=cfg.rc_backend) if cfg.rc else None
-    mi = (
-        dict(
-            weight=cfg.mi_weight,
-            hidden=cfg.mi_hidden,
-            estimator=cfg.mi_estimator,
-            ema_rate=cfg.mi_ema,
-            grl=cfg.mi_grl,
-            lg_weight=cfg.mi_lg_weight,
-            max_pairs=cfg.mi_max_pairs,
-        )
-        if cfg.mi
-        else None
-    )
-    td = (
-        dict(
-            weight=cfg.td_weight,
-            head=cfg.td_head,
-            hidden=cfg.td_hidden,
-            tau=cfg.td_tau,
-            estimator=cfg.td_estimator,
-            ema_rate=cfg.mi_ema,
-            shuffles=cfg.td_shuffles,
-        )
-        if cfg.td
-        else None
-    )
-    nce = dict(weight=cfg.nce_weight, tau=cfg.nce_tau, mode=cfg.nce_mode) if cfg.nce else None
     return CtrlAugObjective(
-        enc,
-        a.num_clips,
+        build_encoder(cfg.arch, cfg.width),
+        cfg.augment.num_clips,
         tuple(cfg.global_stride1_stages),
         cfg.proj_hidden,
         cfg.proj_dim,
-        rc=rc,
-        mi=mi,
-        td=td,
-        nce=nce,
+        rc=cfg.rc,
+        mi=cfg.mi,
+        td=cfg.td,
+        nce=cfg.nce,
     )
+
+
+@dataclass
+class StepInputs:
+    """One step's model inputs on the device (this rank's share of the global batch), from
+    :meth:`Trainer.prepare_views`: normalised global views [B, 3, T, S, S] and clips
+    [B*K, 3, T, S, S] (clip k of video b at row b*K + k), their boxes, the tau_l level of every
+    view [B, 1+K] (global view first), the videos' dataset indices and the loss-sampling seed."""
+
+    clips: torch.Tensor
+    glob: torch.Tensor
+    clip_boxes: torch.Tensor
+    global_boxes: torch.Tensor
+    levels: torch.Tensor
+    video_index: torch.Tensor
+    step_seed: int
 
 
 class _EpochIndexed(Dataset):
@@ -219,10 +206,10 @@ class Trainer:
         mi_ids = {id(p) for p in mi_params}
         main_params = [p for p in obj.parameters() if id(p) not in mi_ids]
         self.opt = torch.optim.Adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.mi_opt = torch.optim.Adam(mi_params, lr=cfg.mi_lr) if mi_params else None
+        self.mi_opt = torch.optim.Adam(mi_params, lr=cfg.mi.lr) if mi_params else None
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, lr_milestones(cfg), gamma=cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.queue = FeatureQueue(cfg.queue_size if cfg.rc else 0, cfg.proj_dim).to(self.device)
+        self.queue = FeatureQueue(cfg.rc.queue_size if cfg.rc.enabled else 0, cfg.proj_dim).to(self.device)
 
         # ---- data -------------------------------------------------------------------------------
         self.dataset = build_train_dataset(cfg)
@@ -333,25 +320,21 @@ class Trainer:
             prune_checkpoints(self.cfg.out_dir, self.cfg.keep_checkpoints)
         cdist.barrier()
 
-    # ---- one step -------------------------------------------------------------------------------
-    def _levels(self, B_local: int, V: int):
-        """tau_l levels + parameters of the global batch from a (seed, step) generator; this
-        rank's rows. Identical whatever the number of ranks."""
-        a = self.cfg.augment
+    # ---- one step: prepare_views -> forward -> update ---------------------------------------
+    def draw_levels(self, B_local: int, V: int):
+        """tau_l levels [B_local, V] + parameters of step ``self.step``: drawn for the global batch
+        from a (seed, step) generator, this rank's rows kept. Identical whatever the number of ranks."""
         g = torch.Generator().manual_seed(_seed(self.cfg.seed, 2, self.step))
-        Bg = B_local * self.world
-        lv = sample_levels(Bg * V, a, generator=g).reshape(Bg, V)
-        params = sample_level_params(lv, a, generator=g)
-        sl = slice(self.rank * B_local, (self.rank + 1) * B_local)
-        # field by field: LowLevelParams[slice] gives a plain tuple on Python 3.11's NamedTuple
-        return lv[sl], type(params)(*(t[sl] for t in params))
+        rows = slice(self.rank * B_local, (self.rank + 1) * B_local)
+        return sample_batch_levels(B_local * self.world, V, self.cfg.augment, g, rows=rows)
 
-    def run_step(self, batch: dict) -> dict[str, float]:
+    def prepare_views(self, batch: dict) -> StepInputs:
+        """A collated batch -> the step's model inputs: tau_l (levels of :meth:`draw_levels`) on
+        the device, normalisation, the global / clip split (channels-last on CUDA if configured)."""
         cfg, dev = self.cfg, self.device
-        t0 = time.perf_counter()
         boxes = batch["boxes"]  # [B, V, 7]
         B, V = boxes.shape[:2]
-        levels, params = self._levels(B, V)
+        levels, params = self.draw_levels(B, V)
         batch = dict(batch, levels=levels, lowlevel=params)
         views = augment_batch(batch, dev, cfg=cfg.augment)  # float [B, V, 3, F, S, S] in [0, 1]
         views = normalize_input(views)
@@ -362,29 +345,49 @@ class Trainer:
         if cfg.channels_last and dev.type == "cuda":
             glob = glob.contiguous(memory_format=torch.channels_last_3d)
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
-        t_aug = time.perf_counter()
+        return StepInputs(
+            clips,
+            glob,
+            boxes[:, 1:].to(dev),
+            boxes[:, 0].to(dev),
+            levels.to(dev),
+            batch["video_index"].to(dev),
+            _seed(cfg.seed, 1, self.step),
+        )
+
+    def forward(self, inp: StepInputs) -> dict:
+        """The model (DDP-wrapped when distributed) on prepared inputs, under autocast; returns
+        :meth:`ctrlaug.losses.CtrlAugObjective.losses`' dict."""
+        dev = self.device
         autocast = (
             torch.autocast(dev.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.model(
-                clips,
-                glob,
-                boxes[:, 1:].to(dev),
-                boxes[:, 0].to(dev),
-                levels.to(dev),
-                batch["video_index"].to(dev),
-                _seed(cfg.seed, 1, self.step),
+            return self.model(
+                inp.clips,
+                inp.glob,
+                inp.clip_boxes,
+                inp.global_boxes,
+                inp.levels,
+                inp.video_index,
+                inp.step_seed,
                 self.queue.get(),
             )
+
+    def update(self, out: dict) -> dict[str, float]:
+        """Rank-averaged metrics of ``out`` (``loss``, ``loss_<term>``, every statistic); then
+        either one optimisation step (backward, both Adams, queue push) or, when the loss or a
+        term is not finite, a skipped step (and :class:`NonFiniteLossError` after
+        ``max_bad_steps`` of them in a row)."""
+        cfg = self.cfg
         loss = out["loss"]
-        names = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if f"loss_{n}" in out]
-        names += [n for n in STAT_NAMES if n in out]
-        vals = cdist.all_reduce_mean(torch.stack([out[n].detach().float() for n in names]))
-        finite = bool(torch.isfinite(vals[: len(names) - sum(n in STAT_NAMES for n in names)]).all())
-        metrics = dict(zip(names, vals.tolist()))
+        checked = {"loss": loss, **{f"loss_{n}": v for n, v in out["terms"].items()}}
+        named = {**checked, **out["stats"]}
+        vals = cdist.all_reduce_mean(torch.stack([v.detach().float() for v in named.values()]))
+        finite = bool(torch.isfinite(vals[: len(checked)]).all())  # the statistics are not checked
+        metrics = dict(zip(named, vals.tolist()))
         if not finite:
             self.bad_streak += 1
             self.opt.zero_grad(set_to_none=True)
@@ -422,6 +425,15 @@ class Trainer:
             if "keys" in out:
                 self.queue.push(out["keys"])
             metrics["skipped"] = 0.0
+        return metrics
+
+    def run_step(self, batch: dict) -> dict[str, float]:
+        """One training step: :meth:`prepare_views`, :meth:`forward`, :meth:`update`, timed."""
+        dev = self.device
+        t0 = time.perf_counter()
+        inp = self.prepare_views(batch)
+        t_aug = time.perf_counter()
+        metrics = self.update(self.forward(inp))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t1 = time.perf_counter()
@@ -456,7 +468,7 @@ class Trainer:
         if self.main:
             os.makedirs(cfg.out_dir, exist_ok=True)
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
-        fields = ["loss"] + [f"loss_{n}" for n in LOSS_NAMES if getattr(cfg, n)] + list(STAT_NAMES)
+        fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
         fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
         files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
         fields += ["bad_videos"] if files else []
@@ -562,7 +574,7 @@ class Trainer:
 
         cfg = self.cfg
         n_params = sum(p.numel() for p in self.obj.encoder.parameters())
-        on = [n for n in LOSS_NAMES if getattr(cfg, n)]
+        on = self.obj.enabled
         st = status()
         print(
             f"[ctrlaug.train] {cfg.arch} width {cfg.width} ({n_params / 1e6:.2f}M params) on {self.device}"
@@ -701,7 +713,8 @@ USAGE = """usage: python -m ctrlaug.train [--config FILE.yaml] [key=value ...]
 
 No arguments: the embedded demo (small R3D-18, shapes benchmark, CPU, a few minutes), then a
 linear probe of every factor for the trained encoder beside a random-init one (probe.json). Values given as key=value are parsed
-as YAML (lists: key=[3,4] or key=3,4; nested: augment.num_clips=3).
+as YAML (lists: key=[3,4] or key=3,4; nested: augment.num_clips=3, rc.tau=0.1; a loss's switch:
+nce=true is nce.enabled=true).
 
 keys (default  [type] {choices}):
 """

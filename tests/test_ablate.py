@@ -73,17 +73,17 @@ def test_rows_realise_the_paper_settings(tmp_path):
         return load_config(None, ablate.plan_runs(table, [0], str(tmp_path))[i]["overrides"])
 
     nce = cfg("table7", 0)
-    assert nce.nce and not (nce.rc or nce.mi or nce.td)
+    assert nce.nce.enabled and not (nce.rc.enabled or nce.mi.enabled or nce.td.enabled)
     full = cfg("table7", 5)
-    assert full.rc and full.mi and full.td and not full.nce
+    assert full.rc.enabled and full.mi.enabled and full.td.enabled and not full.nce.enabled
     mixed = cfg("table7", 4)
-    assert mixed.nce and mixed.mi and mixed.td and not mixed.rc
+    assert mixed.nce.enabled and mixed.mi.enabled and mixed.td.enabled and not mixed.rc.enabled
     k3 = cfg("table4", 5)
     assert k3.augment.num_clips == 3 and k3.global_stride1_stages == [3, 4]
-    assert cfg("table4", 0).global_stride1_stages == [] and not cfg("table4", 0).td
+    assert cfg("table4", 0).global_stride1_stages == [] and not cfg("table4", 0).td.enabled
     lv = cfg("table5", 3).augment
     assert lv.level_counts == (5, 5, 5, 2, 5)
-    assert cfg("table6", 1).td_head == "vcop" and not cfg("table6", 0).td
+    assert cfg("table6", 1).td.head == "vcop" and not cfg("table6", 0).td.enabled
 
 
 def test_spearman():

@@ -20,6 +20,7 @@ from ctrlaug.augment import (
     low_level_augment,
     low_level_augment_ref,
     rgb_to_hsv,
+    sample_batch_levels,
     sample_eval_views,
     sample_level_params,
     sample_levels,
@@ -419,6 +420,19 @@ def test_low_level_input_errors():
         low_level_augment(torch.zeros(2, 3, 3, 8, 8, dtype=torch.uint8), p)
     with pytest.raises(ValueError, match="params.level has 2 entries for 3 views"):
         low_level_augment(torch.rand(3, 3, 3, 8, 8), p)
+
+
+def test_one_level_sampler_for_the_batch_its_ranks_and_the_fallback():
+    cfg = AugmentConfig(levels_per_step=4)
+    lv, p = sample_batch_levels(4, 5, cfg, torch.Generator().manual_seed(3))
+    flat = sample_levels(20, cfg, torch.Generator().manual_seed(3))
+    assert lv.shape == (4, 5) and torch.equal(lv.flatten(), flat) and torch.equal(p.level, lv)
+    half, ph = sample_batch_levels(4, 5, cfg, torch.Generator().manual_seed(3), rows=slice(2, 4))
+    assert torch.equal(half, lv[2:]) and torch.equal(ph.brightness, p.brightness[2:])  # a rank's share
+    views = torch.randint(0, 256, (4, 5, 3, 4, 16, 16), dtype=torch.uint8)
+    drawn = augment_batch({"views": views}, cfg=cfg, generator=torch.Generator().manual_seed(3))
+    given = augment_batch({"views": views, "lowlevel": p}, cfg=cfg)
+    assert torch.equal(drawn, given)
 
 
 def test_augment_batch_draws_levels_when_missing():

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrlaug.losses import LowLevelMILoss, TemporalDependencyLoss
+from ctrlaug.losses import LowLevelMILoss, MIConfig, TDConfig, TemporalDependencyLoss
 
 
 def _hand_bound(kind: str, joint: torch.Tensor, marg: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_mi_statistics_network_ascends_level_bound_and_encoder_descends_both(kin
     gen = torch.Generator().manual_seed(3)
     B, K, C, grl, lg_w = 4, 2, 6, 0.5, 2.0
     V = B * (1 + K)
-    mod = LowLevelMILoss(C, hidden=16, estimator=kind, grl=grl, lg_weight=lg_w)
+    mod = LowLevelMILoss(C, MIConfig(hidden=16, estimator=kind, grl=grl, lg_weight=lg_w))
     calls = _record_calls(mod.G)
     views = torch.randn(V, C, requires_grad=True)
     clips = torch.randn(B, K, C, requires_grad=True)
@@ -145,7 +145,7 @@ def test_td_order_head_and_encoder_both_ascend_the_order_bound():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
     B, K, C = 5, 3, 6
-    mod = TemporalDependencyLoss(C, head="mlp", hidden=8, num_clips=K, estimator="jsd", shuffles=2)
+    mod = TemporalDependencyLoss(C, K, TDConfig(head="mlp", hidden=8, estimator="jsd", shuffles=2))
     seen = []
     real = mod.head.forward
 

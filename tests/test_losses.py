@@ -11,7 +11,11 @@ from ctrlaug.losses import (
     FeatureQueue,
     LowLevelMILoss,
     MIBound,
+    MIConfig,
+    NCEConfig,
+    RCConfig,
     RegionContrastLoss,
+    TDConfig,
     TemporalDependencyLoss,
     cells,
     dv_bound,
@@ -54,7 +58,7 @@ def test_rc_in_the_objective_equals_the_reference_op_on_the_same_batch():
     gen = torch.Generator().manual_seed(3)
     B, K = 3, 2
     enc = build_encoder("r3d18", 1 / 16)
-    obj = CtrlAugObjective(enc, K, (3, 4), 16, 8, rc=dict(weight=1.0, tau=0.1, backend="reference"))
+    obj = CtrlAugObjective(enc, K, (3, 4), 16, 8, rc=RCConfig(weight=1.0, tau=0.1, backend="reference"))
     clips, glob = torch.randn(B * K, 3, 8, 64, 64, generator=gen), torch.randn(B, 3, 8, 64, 64, generator=gen)
     cb, gb = _boxes(B, K, gen)
     out = obj(clips, glob, cb, gb, None, torch.arange(B), step_seed=0)
@@ -66,7 +70,7 @@ def test_rc_in_the_objective_equals_the_reference_op_on_the_same_batch():
         ref = region_contrast_ref(cells(qc), cells(kg), S, torch.arange(B).repeat_interleave(K), tau=0.1)
     assert fc.shape[2:] == (1, 2, 2) and fg.shape[2:] == (4, 2, 2)
     # BN in training mode uses batch statistics: both passes see the same batches, so equal
-    torch.testing.assert_close(out["loss_rc"], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["terms"]["rc"], ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
     # rows of S sum to 1 for nested boxes (a sanity check of the box layout we feed)
     torch.testing.assert_close(S.sum(-1), torch.ones(B * K, S.shape[1]), rtol=1e-5, atol=1e-5)
@@ -75,7 +79,7 @@ def test_rc_in_the_objective_equals_the_reference_op_on_the_same_batch():
 def test_rc_with_queue_matches_reference_and_queue_gets_no_grad():
     gen = torch.Generator().manual_seed(0)
     B, K, D = 2, 3, 8
-    loss_fn = RegionContrastLoss(tau=0.07, backend="reference")
+    loss_fn = RegionContrastLoss(RCConfig(tau=0.07, backend="reference"))
     qc = torch.nn.functional.normalize(torch.randn(B * K, D, 1, 2, 2, generator=gen), dim=1).requires_grad_()
     kg = torch.nn.functional.normalize(torch.randn(B, D, 4, 2, 2, generator=gen), dim=1).requires_grad_()
     cb, gb = _boxes(B, K, gen)
@@ -111,7 +115,7 @@ def test_rc_runs_the_fused_op_in_the_autocast_dtype(monkeypatch):
     kg = torch.nn.functional.normalize(torch.randn(B, D, 4, 2, 2, generator=gen), dim=1)
     cb, gb = _boxes(B, K, gen)
     owner = torch.arange(B).repeat_interleave(K)
-    fn = RegionContrastLoss(tau=0.1, backend="reference")
+    fn = RegionContrastLoss(RCConfig(tau=0.1, backend="reference"))
     fn(qc, kg, cb.reshape(-1, 7), gb, owner)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fn(qc, kg, cb.reshape(-1, 7), gb, owner)
@@ -179,6 +183,8 @@ def test_mi_bounds_are_zero_ish_for_independent_and_selectable():
     assert est_nce.item() == pytest.approx(math.log(4), abs=1e-3)
     with pytest.raises(ValueError, match="MI estimator must be one of"):
         MIBound("nwj")
+    with pytest.raises(ValueError, match="'infonce' has no \\(joint, marginal\\) form"):
+        MIBound("infonce")  # it used to compute JSD silently
 
 
 def test_dv_surrogate_uses_moving_average_denominator():
@@ -235,7 +241,7 @@ def test_low_level_mi_loss_trains_theta_up_and_lg_term_leaves_theta():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     B, K, C = 4, 2, 6
-    loss_fn = LowLevelMILoss(C, hidden=8, lg_weight=1.0)
+    loss_fn = LowLevelMILoss(C, MIConfig(hidden=8, lg_weight=1.0))
     views = torch.randn(B * (1 + K), C, requires_grad=True)
     levels = torch.arange(B * (1 + K)) % 3
     vids = torch.arange(B).repeat_interleave(1 + K)
@@ -245,7 +251,7 @@ def test_low_level_mi_loss_trains_theta_up_and_lg_term_leaves_theta():
     assert set(out) >= {"loss", "mi_level", "mi_lg"}
     # the LG term alone gives theta no gradient but does reach the features
     loss_fn.zero_grad()
-    lg = LowLevelMILoss(C, hidden=8, lg_weight=1.0)
+    lg = LowLevelMILoss(C, MIConfig(hidden=8, lg_weight=1.0))
     lg.G.load_state_dict(loss_fn.G.state_dict())
     few = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])  # unique levels: no joint pair at all
     r = lg(views, few, vids, v3[:, 1:], v3[:, 0], gen)
@@ -259,7 +265,7 @@ def test_low_level_mi_loss_trains_theta_up_and_lg_term_leaves_theta():
 def test_low_level_mi_estimators_run(estimator):
     gen = torch.Generator().manual_seed(0)
     B, K, C = 3, 2, 5
-    loss_fn = LowLevelMILoss(C, hidden=8, estimator=estimator)
+    loss_fn = LowLevelMILoss(C, MIConfig(hidden=8, estimator=estimator))
     views = torch.randn(B * (1 + K), C, requires_grad=True)
     v3 = views.view(B, 1 + K, C)
     out = loss_fn(
@@ -289,7 +295,7 @@ def test_derangement_orders_are_never_identity():
 def test_td_heads_give_finite_losses_and_encoder_gradients(head, estimator):
     gen = torch.Generator().manual_seed(0)
     B, K, C = 4, 3, 6
-    td = TemporalDependencyLoss(C, head=head, hidden=8, num_clips=K, estimator=estimator, shuffles=2)
+    td = TemporalDependencyLoss(C, K, TDConfig(head=head, hidden=8, estimator=estimator, shuffles=2))
     z, g = torch.randn(B, K, C, requires_grad=True), torch.randn(B, C, requires_grad=True)
     out = td(z, g, gen)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
@@ -305,7 +311,7 @@ def test_td_learns_order_with_global_context():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     B, K, C = 64, 4, 8
-    td = TemporalDependencyLoss(C, head="gru", hidden=16, num_clips=K)
+    td = TemporalDependencyLoss(C, K, TDConfig(head="gru", hidden=16))
     opt = torch.optim.Adam(td.parameters(), lr=1e-2)
     with one_thread():
         for _ in range(60):
@@ -324,7 +330,7 @@ def test_td_learns_order_with_global_context():
 def test_clip_infonce_modes(mode):
     gen = torch.Generator().manual_seed(0)
     B, K, D = 3, 2, 8
-    loss_fn = ClipInfoNCELoss(tau=0.1, mode=mode)
+    loss_fn = ClipInfoNCELoss(NCEConfig(tau=0.1, mode=mode))
     g = torch.nn.functional.normalize(torch.randn(B, D, generator=gen), dim=1)
     owner = torch.arange(B).repeat_interleave(K)
     perfect_clips = g[owner] if mode == "clip_global" else g[owner]
@@ -347,17 +353,19 @@ def test_objective_with_every_loss_backpropagates_to_all_trainable_parts():
         (3, 4),
         16,
         8,
-        rc=dict(weight=1.0, backend="reference"),
-        mi=dict(weight=0.1, hidden=8),
-        td=dict(weight=0.1, hidden=8),
-        nce=dict(weight=1.0),
+        rc=RCConfig(weight=1.0, backend="reference"),
+        mi=MIConfig(weight=0.1, hidden=8),
+        td=TDConfig(weight=0.1, hidden=8),
+        nce=NCEConfig(enabled=True, weight=1.0),
     )
     clips, glob = torch.randn(B * K, 3, 8, 48, 48, generator=gen), torch.randn(B, 3, 8, 48, 48, generator=gen)
     cb, gb = _boxes(B, K, gen)
     levels = torch.tensor([[0, 1, 2], [0, 1, 2], [1, 2, 0]])
     out = obj(clips, glob, cb, gb, levels, torch.arange(B), step_seed=1)
-    for k in ("loss_rc", "loss_mi", "loss_td", "loss_nce", "mi_level", "mi_lg", "mi_td", "keys"):
-        assert k in out
+    assert set(out["terms"]) == {"rc", "mi", "td", "nce"} and set(out) == {"loss", "terms", "stats", "keys"}
+    for k in ("mi_level", "mi_lg", "mi_td"):
+        assert k in out["stats"]
+    assert obj.enabled == ("rc", "nce", "mi", "td") and set(obj.stat_names) == set(out["stats"])
     out["loss"].backward()
     no_grad = [n for n, p in obj.named_parameters() if p.grad is None]
     assert no_grad == []

@@ -77,7 +77,7 @@ def test_tiny_run_trains_and_loss_goes_down(tmp_path):
 
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["after-epoch-1", "mid-epoch-2"])
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, mid_epoch):
-    extra = ("epochs=2", "queue_size=40", "ckpt_every_steps=1" if mid_epoch else "ckpt_every_steps=0")
+    extra = ("epochs=2", "rc.queue_size=40", "ckpt_every_steps=1" if mid_epoch else "ckpt_every_steps=0")
     full = train(tiny(tmp_path, *extra, name="full"))["history"]
     assert len(full) == 4
     cfg = tiny(tmp_path, *extra, name="resumed")
@@ -149,14 +149,14 @@ def test_killed_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_path):
 
 
 def test_rc_in_the_loop_equals_the_reference_op_on_the_same_batch(tmp_path):
-    cfg = tiny(tmp_path, "mi=false", "td=false", "augment.size=48", "synthetic.size=48", "tau=0.1")
+    cfg = tiny(tmp_path, "mi=false", "td=false", "augment.size=48", "synthetic.size=48", "rc.tau=0.1")
     tr = Trainer(cfg)
     batch = next(iter(tr.loader))
     # the reference on exactly the views the step will see (BN in train mode uses batch statistics)
     from ctrlaug.augment import augment_batch
 
     B, V = batch["boxes"].shape[:2]
-    levels, params = tr._levels(B, V)
+    levels, params = tr.draw_levels(B, V)
     views = normalize_input(
         augment_batch(dict(batch, levels=levels, lowlevel=params), "cpu", cfg=cfg.augment)
     )
@@ -201,7 +201,7 @@ def test_nonfinite_loss_steps_are_skipped_then_abort(tmp_path, capsys):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    common = [*TINY, "epochs=1", "sync_bn=true", "threads=1", "resume=none", "queue_size=32", "nce=true"]
+    common = [*TINY, "epochs=1", "sync_bn=true", "threads=1", "resume=none", "rc.queue_size=32", "nce=true"]
     one = tmp_path / "one"
     two = tmp_path / "two"
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -245,14 +245,14 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
 
 def test_bad_keys_and_values_give_one_clear_error(capsys):
-    rc = main(["arch=r3d50", "lr=fast", "augmnt.size=3", "td_head=lstm", "augment.num_clips=0"])
+    rc = main(["arch=r3d50", "lr=fast", "augmnt.size=3", "td.head=lstm", "augment.num_clips=0"])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
     assert "arch: invalid value 'r3d50'; valid choices: r3d18, r3d34" in err
     assert "lr: expected a number, got 'fast'" in err
     assert "unknown key 'augmnt.size' (did you mean augment.size?)" in err or "unknown key 'augmnt'" in err
-    assert "td_head: invalid value 'lstm'; valid choices: gru, mlp, gru_mlp, vcop" in err
+    assert "td.head: invalid value 'lstm'; valid choices: gru, mlp, gru_mlp, vcop" in err
     assert "augment" in err and "num_clips" in err
 
 
@@ -275,12 +275,29 @@ def test_yaml_file_and_overrides(tmp_path):
         load_config(None, ["batch_size=0"])
 
 
+def test_loss_configs_nest_switch_and_name_the_old_flat_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("rc:\n  tau: 0.2\n  queue_size: 8\nmi: false\n")
+    cfg = load_config(str(p), ["rc=false", "nce=true", "nce.mode=clip_clip", "mi.ema=0.05"])
+    assert (cfg.rc.enabled, cfg.rc.tau, cfg.rc.queue_size) == (False, 0.2, 8)  # the switch keeps the rest
+    assert not cfg.mi.enabled and cfg.mi.ema == 0.05 and cfg.td.ema == 0.01  # L_td has its own rate
+    assert cfg.nce.enabled and cfg.nce.mode == "clip_clip"
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["tau=0.1", "mi_ema=0.2", "td_head=mlp", "nce_mode=clip_clip", "rc.tauu=1"])
+    msg = str(ei.value)
+    assert "'tau' was renamed to rc.tau" in msg and "'td_head' was renamed to td.head" in msg
+    assert "'nce_mode' was renamed to nce.mode" in msg and "is now td.ema" in msg
+    assert "unknown key 'rc.tauu' (did you mean rc.tau?)" in msg
+    with pytest.raises(ConfigError, match="rc, mi, td, nce: every objective is off"):
+        load_config(None, ["rc=false", "mi=false", "td=false"])
+
+
 def test_paper_lr_schedule_defaults():
     assert lr_milestones(load_config(None, ["dataset=ucf101", "data_root=/x", "epochs=200"])) == [150]
     assert lr_milestones(load_config(None, ["dataset=k400", "data_root=/x", "epochs=100"])) == [70]
     assert lr_milestones(load_config(None, ["lr_milestones=[2,5]"])) == [2, 5]
     ucf = load_config(os.path.join(ROOT, "configs", "ucf101.yaml"), ["data_root=/x"])
-    assert (ucf.batch_size, ucf.epochs, ucf.lr, ucf.weight_decay, ucf.tau) == (128, 200, 1e-3, 1e-5, 0.07)
+    assert (ucf.batch_size, ucf.epochs, ucf.lr, ucf.weight_decay, ucf.rc.tau) == (128, 200, 1e-3, 1e-5, 0.07)
     assert (ucf.width, ucf.augment.size, ucf.augment.clip_frames, ucf.proj_hidden, ucf.proj_dim) == (
         1.0,
         112,
@@ -301,7 +318,7 @@ def test_help_lists_every_key_with_its_default(capsys):
 
     for f in dataclasses.fields(TrainConfig):
         assert f"\n  {f.name}" in out, f.name
-    assert "augment.num_clips=4" in out and "tau=0.07" in out and 'td_head="gru"' in out
+    assert "augment.num_clips=4" in out and "rc.tau=0.07" in out and 'td.head="gru"' in out
     assert "synthetic.num_frames=32" in out
 
 

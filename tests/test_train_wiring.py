@@ -81,8 +81,8 @@ def test_queue_reaches_rc_in_the_loop_and_holds_only_filled_rows(tmp_path):
         "td=false",
         "augment.size=48",
         "synthetic.size=48",
-        f"tau={tau}",
-        "queue_size=100",
+        f"rc.tau={tau}",
+        "rc.queue_size=100",
     )
     tr = Trainer(cfg)
     obj = tr.obj
@@ -91,7 +91,7 @@ def test_queue_reaches_rc_in_the_loop_and_holds_only_filled_rows(tmp_path):
 
     def on_call(args):
         if "out" in args:
-            calls[-1]["loss_rc"] = args["out"]["loss_rc"].item()
+            calls[-1]["loss_rc"] = args["out"]["terms"]["rc"].item()
             return
         with torch.no_grad():  # the step's L_rc by hand, with and without the queue it was given
             fc = obj.encoder(args["clips"])
@@ -119,7 +119,7 @@ def test_queue_reaches_rc_in_the_loop_and_holds_only_filled_rows(tmp_path):
     first, second = calls
     assert first["queue"] is None  # an empty queue hands over nothing
     n_keys = first["keys"].shape[0]
-    assert 0 < n_keys < cfg.queue_size  # so after step 1 the queue is only partly filled
+    assert 0 < n_keys < cfg.rc.queue_size  # so after step 1 the queue is only partly filled
     # step 2 sees exactly step 1's global cells, only the filled rows
     assert second["queue"] is not None and second["queue"].shape == first["keys"].shape
     torch.testing.assert_close(second["queue"], first["keys"], rtol=1e-5, atol=1e-6)
@@ -178,7 +178,7 @@ def test_level_groups_do_not_depend_on_view_position(tmp_path):
     steps = 400
     for s in range(steps):
         tr.step = s
-        lv, _ = tr._levels(B, V)
+        lv, _ = tr.draw_levels(B, V)
         eq = (lv[:, None, :, None] == lv[None, :, None, :]).float()  # [B, B, V, V]
         eq = eq * (1 - torch.eye(B))[:, :, None, None]  # different videos only
         same += eq.sum((0, 1))
@@ -197,7 +197,7 @@ def test_level_groups_do_not_depend_on_view_position(tmp_path):
 def test_mid_epoch_resume_restores_scheduler_and_both_optimizers(tmp_path):
     # lr /10 after epoch 1 of 3; checkpoints every step; steps 5 and 6 (epoch 3) depend on the
     # schedule's position and on Adam's moments from before the interruption.
-    extra = ("epochs=3", "lr_milestones=[1]", "ckpt_every_steps=1", "queue_size=40", "mi_lr=1e-2")
+    extra = ("epochs=3", "lr_milestones=[1]", "ckpt_every_steps=1", "rc.queue_size=40", "mi.lr=1e-2")
     full = train(tiny(tmp_path, *extra, name="full"))
     hist = full["history"]
     assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
@@ -243,7 +243,7 @@ def test_mid_epoch_resume_restores_scheduler_and_both_optimizers(tmp_path):
 def test_one_loop_step_moves_g_up_the_level_bound_and_the_encoder_down_the_mi_terms(tmp_path):
     """After one step with L_mi alone, re-score the same batch and pairs: the new G_theta (old
     encoder) raises the level bound; the new encoder (old G_theta) lowers level + local-global."""
-    cfg = tiny(tmp_path, "rc=false", "td=false", "lr=1e-4", "mi_lr=1e-4", "weight_decay=0")
+    cfg = tiny(tmp_path, "rc=false", "td=false", "lr=1e-4", "mi.lr=1e-4", "weight_decay=0")
     tr = Trainer(cfg)
     obj = tr.obj
     seen = {}
@@ -260,7 +260,7 @@ def test_one_loop_step_moves_g_up_the_level_bound_and_the_encoder_down_the_mi_te
         with torch.no_grad():
             out = obj(a["clips"], a["glob"], a["clip_boxes"], a["global_boxes"], a["levels"],
                       batch["video_index"], seed)  # fmt: skip
-        return out["mi_level"].item(), out["mi_lg"].item()
+        return out["stats"]["mi_level"].item(), out["stats"]["mi_lg"].item()
 
     lvl0, lg0 = score(before, before)
     assert lvl0 == pytest.approx(m["mi_level"], rel=1e-5, abs=1e-6)  # same pairs as the step

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrlaug.losses import CtrlAugObjective, RegionContrastLoss
+from ctrlaug.losses import CtrlAugObjective, MIConfig, NCEConfig, RCConfig, RegionContrastLoss
 from ctrlaug.models import build_encoder
 
 
@@ -98,7 +98,7 @@ def test_rc_cell_order_matches_an_explicit_t_h_w_loop(flip):
     owner = torch.tensor([0, 1, 1])
     queue = F.normalize(torch.randn(5, D, generator=g), dim=1)
     want = _loop_loss(clip_maps, glob_maps, clip_boxes, glob_boxes, owner, 0.1, queue)
-    got, keys = RegionContrastLoss(tau=0.1, backend="reference")(
+    got, keys = RegionContrastLoss(RCConfig(tau=0.1, backend="reference"))(
         clip_maps, glob_maps, clip_boxes, glob_boxes, owner, queue
     )
     print(f"L_rc module {got.item():.7f} vs explicit loop {want.item():.7f}")
@@ -116,7 +116,7 @@ def test_rc_cell_order_matches_an_explicit_t_h_w_loop(flip):
     torch.testing.assert_close(keys, loop_keys)
     # non-vacuous: the same features with the clip cells in t,w,h order give another value
     swapped = clip_maps.transpose(3, 4).reshape(P, D, cg[0], cg[1], cg[2])
-    other, _ = RegionContrastLoss(tau=0.1, backend="reference")(
+    other, _ = RegionContrastLoss(RCConfig(tau=0.1, backend="reference"))(
         swapped, glob_maps, clip_boxes, glob_boxes, owner, queue
     )
     assert abs(other.item() - want.item()) > 1e-3
@@ -131,9 +131,9 @@ def _objective(mi=True):
         proj_hidden=16,
         proj_dim=8,
         rc=None,
-        mi=dict(hidden=8) if mi else None,
+        mi=MIConfig(hidden=8) if mi else None,
         td=None,
-        nce=dict(),
+        nce=NCEConfig(enabled=True),
     )
 
 

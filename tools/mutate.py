@@ -149,7 +149,7 @@ MUTANTS: list[Mutant] = [
            "level id decoded in the wrong radix order"),
     # ---- the training step (ctrlaug/train.py) -----------------------------------------------------
     Mutant("T1", TR, "                self.queue.get(),\n", "                None,\n", QUEUE, "queue never reaches L_rc"),
-    Mutant("T2", TR, "                levels.to(dev),\n", "                levels.flip(1).to(dev),\n", LEVELS,
+    Mutant("T2", TR, "            levels.to(dev),\n", "            levels.flip(1).to(dev),\n", LEVELS,
            "L_mi gets other views' levels"),
     Mutant("T3", TR, 'self.sched.load_state_dict(state["scheduler"])', "pass", RESUME, "scheduler not resumed"),
     Mutant("T4", TR, 'self.opt.load_state_dict(state["optimizer"])', "pass", RESUME, "optimizer not resumed"),
@@ -158,10 +158,11 @@ MUTANTS: list[Mutant] = [
     Mutant("T6", TR, 'self.queue.push(out["keys"])', "pass", QUEUE, "queue never filled"),
     Mutant("T7", TR, "                self.scaler.step(self.mi_opt)\n", "                pass\n", LOOP_MI,
            "G_theta never stepped"),
-    Mutant("T8", TR, "torch.optim.Adam(mi_params, lr=cfg.mi_lr)", "torch.optim.Adam(mi_params, lr=cfg.mi_lr, maximize=True)",
+    Mutant("T8", TR, "torch.optim.Adam(mi_params, lr=cfg.mi.lr)", "torch.optim.Adam(mi_params, lr=cfg.mi.lr, maximize=True)",
            LOOP_MI, "G_theta stepped the wrong way"),
-    Mutant("T9", TR, "return lv[sl], type(params)(*(t[sl] for t in params))",
-           "return lv[sl].roll(1, 1), type(params)(*(t[sl] for t in params))", LEVELS, "levels vs params misaligned"),
+    Mutant("T9", f"{AUG}/batch.py", "levels, params = levels[rows], type(params)(*(t[rows] for t in params))",
+           "levels, params = levels[rows].roll(1, 1), type(params)(*(t[rows] for t in params))", LEVELS,
+           "levels vs params misaligned"),
     Mutant("T10", TR, "                self.sched.step()\n", "                pass\n", RESUME, "no lr schedule"),
     # ---- evaluation protocols (ctrlaug/evaluate.py) -----------------------------------------------
     Mutant("E1", EV, "r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl)",

@@ -4,12 +4,14 @@
   ``(t0, t1, y0, y1, x0, x1, flip)`` plus frame indices, the format ``ctrlaug.ops.correspondence``
   consumes; :func:`apply_views` cuts them from decoded uint8 frames in one resize-crop.
 * tau_l, low level: :func:`sample_levels` / :func:`sample_level_params` draw intensity levels and
-  per-view parameters; :func:`low_level_augment` applies colour jitter + blur, batched, on device.
+  per-view parameters (:func:`sample_batch_levels` does both for a batch: the one sampler training,
+  the collate and :func:`augment_batch` use); :func:`low_level_augment` applies colour jitter +
+  blur, batched, on device.
 
 Importing this package needs only torch (no triton, no compiled extension, no PyAV).
 """
 
-from .batch import augment_batch
+from .batch import augment_batch, sample_batch_levels
 from .config import PAPER_BLUR_LEVELS, AugmentConfig
 from .lowlevel import (
     LowLevelParams,
@@ -25,8 +27,6 @@ from .lowlevel import (
 from .position import Views, clip_starts_range, crop_rect, sample_eval_views, sample_views
 from .resize_crop import apply_views, view_grid
 
-resize_crop = apply_views  # alias: the batched resize-crop of the issue text
-
 __all__ = [
     "AugmentConfig",
     "PAPER_BLUR_LEVELS",
@@ -36,7 +36,6 @@ __all__ = [
     "crop_rect",
     "clip_starts_range",
     "apply_views",
-    "resize_crop",
     "view_grid",
     "LowLevelParams",
     "level_components",
@@ -48,4 +47,5 @@ __all__ = [
     "hsv_to_rgb",
     "gaussian_kernel1d",
     "augment_batch",
+    "sample_batch_levels",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..augment import AugmentConfig, sample_level_params, sample_levels
+from ..augment import AugmentConfig, sample_batch_levels
 
 __all__ = ["collate_views"]
 
@@ -26,8 +26,8 @@ def collate_views(
     * ``boxes``: float32 [B, V, 7]; ``frame_indices``: int64 [B, V, F]; ``num_frames``: int64 [B];
     * ``video_index``: int64 [B]; ``label``: int64 [B] (only when every sample has a label >= 0);
     * ``levels``: int64 [B, V] intensity level ids and ``lowlevel``: :class:`LowLevelParams` [B, V]
-      (paper §3.2: ``levels_per_step`` levels per batch, parameters drawn inside each view's level),
-      unless ``levels=False``;
+      from :func:`ctrlaug.augment.sample_batch_levels` with ``generator``, unless ``levels=False``
+      (training draws them per step instead: :meth:`ctrlaug.train.Trainer.prepare_views`);
     * ``skipped``: list of ``(path, reason)`` of bad videos replaced while building this batch.
 
     ``boxes``, ``frame_indices``, ``num_frames`` and ``video_index`` are stacked when every sample
@@ -77,9 +77,6 @@ def collate_views(
         out["label"] = torch.tensor(labels, dtype=torch.int64)
     B, V = (out["boxes"] if "boxes" in out else out["views"]).shape[:2]
     if levels:
-        cfg = cfg or AugmentConfig()
-        lv = sample_levels(B * V, cfg, generator=generator).reshape(B, V)
-        out["levels"] = lv
-        out["lowlevel"] = sample_level_params(lv, cfg, generator=generator)
+        out["levels"], out["lowlevel"] = sample_batch_levels(B, V, cfg, generator)
     out["skipped"] = [x for s in samples for x in s.get("skipped", [])]
     return out

@@ -3,7 +3,8 @@
 ``dataset[i]`` decodes only the frames its views need, draws tau_p with
 :func:`ctrlaug.augment.sample_views`, and (by default) cuts the views in the worker with one
 resize-crop each, returning uint8. tau_l is left to the device (:func:`ctrlaug.augment.augment_batch`)
-with levels drawn per batch by :func:`ctrlaug.data.collate_views`.
+with levels drawn per training step for the global batch by :meth:`ctrlaug.train.Trainer.prepare_views`
+(through :func:`ctrlaug.augment.sample_batch_levels`).
 
 Bad videos (missing, empty, truncated, not a video, too short) are reported by path and reason,
 replaced by another sample, and listed in the sample's ``"skipped"`` entry; the epoch completes.
@@ -16,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, apply_views, sample_eval_views, sample_views
+from ..utils.cfgtools import config, opt
 from .decode import BadVideoError, open_video
 from .formats import canonical_format, get_format
 from .records import RecordList, VideoRecord, load_records
@@ -42,30 +43,29 @@ __all__ = [
 log = logging.getLogger("ctrlaug.data")
 
 
-@dataclass
+@config
 class DataConfig:
     """Decoding and robustness settings of the video datasets."""
 
-    short_side: int = 128  # decode-time resize of the shorter frame side, once (0 = native size)
-    upscale: bool = False  # also enlarge videos whose short side is below short_side
-    min_frames: int = 8  # videos with fewer frames are reported as too short and skipped
-    max_retries: int = 10  # replacement samples tried after a bad video before raising
-    crop_in_worker: bool = True  # resize-crop views in the DataLoader worker (uint8 views); False
-    #                              returns the decoded frames so the crop runs on the device
-    decode_threads: int = 1  # FFmpeg threads per decoder (1 suits DataLoader workers; 0 = auto)
-    decoder: str = "pyav"  # video decoder: "pyav" (default) or "torchcodec" (optional; docs/data.md)
-    strict_frame_count: bool = True  # fewer readable packets than the container declares = truncated
-    seed: int | None = None  # if set, sample i of epoch e draws its views from seed (seed, e, i):
-    #                          reproducible across runs and worker counts; None uses torch's RNG
-
-    def __post_init__(self) -> None:
-        if self.decoder not in ("pyav", "torchcodec"):
-            raise ValueError(f"DataConfig.decoder must be 'pyav' or 'torchcodec', got {self.decoder!r}")
-        if self.short_side < 0 or self.min_frames < 1 or self.max_retries < 0:
-            raise ValueError(
-                "DataConfig: short_side must be >= 0, min_frames >= 1 and max_retries >= 0, "
-                f"got {self.short_side}, {self.min_frames}, {self.max_retries}"
-            )
+    short_side: int = opt(128, "decode-time resize of the shorter frame side, once (0 = native size)", min=0)
+    upscale: bool = opt(False, "also enlarge videos whose short side is below short_side")
+    min_frames: int = opt(8, "videos with fewer frames are reported as too short and skipped", min=1)
+    max_retries: int = opt(10, "replacement samples tried after a bad video before raising", min=0)
+    crop_in_worker: bool = opt(
+        True,
+        "resize-crop views in the DataLoader worker (uint8 views); false returns the decoded frames "
+        "so the crop runs on the device",
+    )
+    decode_threads: int = opt(1, "FFmpeg threads per decoder (1 suits DataLoader workers; 0 = auto)")
+    decoder: str = opt(
+        "pyav", "video decoder: pyav, or torchcodec (optional; docs/data.md)", choices=("pyav", "torchcodec")
+    )
+    strict_frame_count: bool = opt(True, "fewer readable packets than the container declares = truncated")
+    seed: int | None = opt(
+        None,
+        "if set, sample i of epoch e draws its views from seed (seed, e, i): reproducible across runs "
+        "and worker counts; null uses torch's RNG",
+    )
 
 
 class VideoDataset(Dataset):

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..utils.cfgtools import config, opt
 from .synthetic import RenderedReader
 
 __all__ = [
@@ -60,48 +60,44 @@ _SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 _DIRECTION = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
 
 
-@dataclass
+@config
 class ShapesConfig:
     """Size, signal and seed of the factorised shapes benchmark (defaults: the CPU demo)."""
 
-    num_shapes: int = 8  # first N of SHAPES (2..8): the primary label
-    num_motions: int = 4  # first N of MOTIONS (2 or 4)
-    train_per_class: int = 32  # train videos per shape
-    test_per_class: int = 32  # test videos per shape
-    num_frames: int = 32  # frames per video
-    size: int = 64  # frame height = width (even, for 4:2:0 mp4)
-    object_size: tuple[float, float] = (0.5, 0.6)  # object diameter range, fraction of the frame
-    travel: tuple[float, float] = (0.1, 0.3)  # straight-line path over the video, fraction of the frame
-    max_rotation: float = 0.0  # degrees (<= 20, or squares turn into diamonds); 0 = upright
-    background_contrast: float = 40.0  # peak-to-peak grey levels of the background texture
-    noise: float = 3.0  # std of per-frame pixel noise (0 disables)
-    fps: int = 25  # frame rate written to mp4
-    seed: int = 0  # base seed; video i of split s is rendered from (seed, s, i)
+    num_shapes: int = opt(8, "first N of SHAPES: the primary label", min=2, max=len(SHAPES))
+    num_motions: int = opt(4, "first N of MOTIONS", choices=(2, 4))
+    train_per_class: int = opt(32, "train videos per shape")
+    test_per_class: int = opt(32, "test videos per shape")
+    num_frames: int = opt(32, "frames per video", min=2)
+    size: int = opt(64, "frame height = width (even, for 4:2:0 mp4)", min=16)
+    object_size: tuple[float, float] = opt((0.5, 0.6), "object diameter range, fraction of the frame")
+    travel: tuple[float, float] = opt((0.1, 0.3), "straight-line path over the video, fraction of the frame")
+    max_rotation: float = opt(0.0, "degrees (<= 20, or squares turn into diamonds); 0 = upright")
+    background_contrast: float = opt(40.0, "peak-to-peak grey levels of the background texture")
+    noise: float = opt(3.0, "std of per-frame pixel noise (0 disables)")
+    fps: int = opt(25, "frame rate written to mp4")
+    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)")
 
     def __post_init__(self) -> None:
         self.object_size = tuple(float(v) for v in self.object_size)  # YAML gives lists
         self.travel = tuple(float(v) for v in self.travel)
+
+    def _problems(self) -> list[str]:
+        """Cross-field checks (the bounds of single fields are in their ``opt``)."""
         problems = []
-        if not 2 <= self.num_shapes <= len(SHAPES):
-            problems.append(f"num_shapes={self.num_shapes} must lie in [2, {len(SHAPES)}]")
-        if self.num_motions not in (2, 4):
-            problems.append(f"num_motions={self.num_motions} must be 2 or 4")
-        if self.size < 16 or self.size % 2:
-            problems.append(f"size={self.size} must be an even number >= 16")
-        if self.num_frames < 2:
-            problems.append(f"num_frames={self.num_frames} must be >= 2")
+        if self.size % 2:
+            problems.append(f"size: {self.size} must be an even number >= 16")
         lo, hi = self.object_size
         if not 0.05 <= lo <= hi <= 0.9:
-            problems.append(f"object_size={self.object_size} must satisfy 0.05 <= lo <= hi <= 0.9")
+            problems.append(f"object_size: {self.object_size} must satisfy 0.05 <= lo <= hi <= 0.9")
         tlo, thi = self.travel
         if not 0 <= tlo <= thi:
-            problems.append(f"travel={self.travel} must satisfy 0 <= lo <= hi")
+            problems.append(f"travel: {self.travel} must satisfy 0 <= lo <= hi")
         elif hi + thi > 1.0:
             problems.append(
-                f"object_size[1] + travel[1] = {hi + thi:g} > 1: the object would leave the frame"
+                f"travel: object_size[1] + travel[1] = {hi + thi:g} > 1: the object would leave the frame"
             )
-        if problems:
-            raise ValueError("ShapesConfig: " + "; ".join(problems))
+        return problems
 
     @property
     def classes(self) -> list[str]:

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import numpy as np
+
+from ..utils.cfgtools import config, opt
 
 __all__ = ["SyntheticConfig", "MOTION_CLASSES", "render_video", "write_synthetic", "SyntheticReader"]
 
@@ -39,31 +40,22 @@ MOTION_CLASSES = ("right", "left", "down", "up", "clockwise", "anticlockwise", "
 _SPLIT_CODE = {"train": 0, "test": 1, "val": 2}
 
 
-@dataclass
+@config
 class SyntheticConfig:
     """Size and seed of the synthetic motion set (defaults sized for a CPU demo)."""
 
-    num_classes: int = 8  # first N of MOTION_CLASSES (2..8)
-    train_per_class: int = 64  # videos per class in the train split
-    test_per_class: int = 16  # videos per class in the test split
-    num_frames: int = 48  # frames per video (>= 32 so K=4 clips of 16 keep their centre bins)
-    size: int = 64  # frame height = width in pixels (even, for 4:2:0 mp4)
-    fps: int = 25  # frame rate written to mp4
-    max_objects: int = 2  # 1..max_objects moving objects per video, all with the class's motion
-    noise: float = 3.0  # std of per-frame pixel noise (0 disables)
-    seed: int = 0  # base seed; video i of split s is rendered from (seed, s, i)
+    num_classes: int = opt(8, "first N of MOTION_CLASSES", min=2, max=len(MOTION_CLASSES))
+    train_per_class: int = opt(64, "videos per class in the train split")
+    test_per_class: int = opt(16, "videos per class in the test split")
+    num_frames: int = opt(48, "frames per video (>= 32 so K=4 clips of 16 keep their centre bins)", min=2)
+    size: int = opt(64, "frame height = width in pixels (even, for 4:2:0 mp4)", min=16)
+    fps: int = opt(25, "frame rate written to mp4")
+    max_objects: int = opt(2, "1..max_objects moving objects per video, all with the class's motion", min=1)
+    noise: float = opt(3.0, "std of per-frame pixel noise (0 disables)")
+    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)")
 
-    def __post_init__(self) -> None:
-        if not 2 <= self.num_classes <= len(MOTION_CLASSES):
-            raise ValueError(
-                f"SyntheticConfig.num_classes={self.num_classes} must lie in [2, {len(MOTION_CLASSES)}]"
-            )
-        if self.size < 16 or self.size % 2:
-            raise ValueError(f"SyntheticConfig.size={self.size} must be an even number >= 16")
-        if self.num_frames < 2:
-            raise ValueError(f"SyntheticConfig.num_frames={self.num_frames} must be >= 2")
-        if self.max_objects < 1:
-            raise ValueError("SyntheticConfig.max_objects must be >= 1")
+    def _problems(self) -> list[str]:
+        return [f"size: {self.size} must be an even number >= 16"] if self.size % 2 else []
 
     @property
     def classes(self) -> list[str]:
