@@ -35,6 +35,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "config_to_dict",
+    "migrate_saved_config",
     "save_config",
     "help_text",
     "apply_overrides",
@@ -209,6 +210,34 @@ def config_from_dict(values: dict) -> TrainConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"bad training config: expected a mapping of keys, got {type(values).__name__}")
     return cfgtools.build(TrainConfig, values, what=_WHAT)
+
+
+LOSSES = ("rc", "mi", "td", "nce")
+
+
+def migrate_saved_config(values: dict) -> dict:
+    """A config mapping saved by an earlier version (flat loss keys: ``tau``, ``mi_weight``, and
+    ``rc: true`` as the switch) in today's nested form (``rc: {enabled, tau, ...}``); a mapping
+    without old keys comes back unchanged.
+
+    Only for configs read back from checkpoints and run folders, whose every field was saved, so
+    the old run's values carry over exactly (``mi_ema`` also set L_td's rate: it fills both
+    ``mi.ema`` and ``td.ema``). What a user writes with an old key still gets the "renamed to"
+    error.
+    """
+    old = [k for k in values if k in _RENAMED]
+    switches = [n for n in LOSSES if isinstance(values.get(n), bool)]
+    if not old and not switches:
+        return values
+    out = {k: v for k, v in values.items() if k not in _RENAMED}
+    for n in switches:
+        out[n] = {"enabled": values[n]}
+    for k in old:
+        section, key = _RENAMED[k].split(";")[0].split(".")
+        out.setdefault(section, {})[key] = values[k]
+    if "mi_ema" in values:
+        out.setdefault("td", {}).setdefault("ema", values["mi_ema"])
+    return out
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

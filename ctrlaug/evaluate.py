@@ -159,7 +159,7 @@ def load_encoder(
     checkpoint's encoder weights must match it exactly, otherwise EvalError. ``random_init`` keeps
     the freshly initialised encoder (seeded by the config's seed) as a baseline.
     """
-    from ctrlaug.config import ConfigError, config_from_dict, load_config
+    from ctrlaug.config import ConfigError, config_from_dict, load_config, migrate_saved_config
     from ctrlaug.config import apply_overrides as _apply
 
     state, path = None, None
@@ -175,7 +175,7 @@ def load_encoder(
         if config_path:
             cfg = load_config(config_path, list(overrides))
         elif state is not None:
-            cfg = config_from_dict(_apply(dict(state["config"]), list(overrides)))
+            cfg = config_from_dict(_apply(migrate_saved_config(dict(state["config"])), list(overrides)))
         else:
             cfg = load_config(None, list(overrides))
     except (ConfigError, OSError) as e:

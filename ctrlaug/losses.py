@@ -93,7 +93,12 @@ def _loss_config(name: str, enabled: bool, weight: float, weight_help: str | Non
 class RCConfig:
     """L_rc, spatio-temporal region contrast (eq. 3-4)."""
 
-    tau: float = opt(0.07, f"temperature of L_rc ({OUR_CHOICE})", min=1e-6)
+    tau: float = opt(
+        0.2,
+        f"temperature of L_rc ({OUR_CHOICE}: 0.2 chosen on the shapes val split, docs/benchmark.md; "
+        "configs/ucf101.yaml and k400.yaml keep 0.07)",
+        min=1e-6,
+    )
     queue_size: int = opt(
         0, "memory queue of past global cells used as extra L_rc negatives (0 = off)", min=0
     )

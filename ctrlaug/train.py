@@ -41,7 +41,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ctrlaug.augment import augment_batch, sample_batch_levels
-from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, help_text, load_config, save_config
+from ctrlaug.config import (
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    help_text,
+    load_config,
+    migrate_saved_config,
+    save_config,
+)
 from ctrlaug.data import BadVideoLog, build_train_dataset, collate_views, get_format
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
@@ -307,7 +315,7 @@ class Trainer:
             path, state = how, load_checkpoint(how, map_location=self.device)
         self.load_state_dict(state, path)
         self.resumed_from = path
-        changed = _config_diff(state.get("config", {}), config_to_dict(self.cfg))
+        changed = _config_diff(migrate_saved_config(state.get("config", {})), config_to_dict(self.cfg))
         if changed and self.main:
             print(
                 f"[ctrlaug.train] resuming {path} with changed config keys: {', '.join(changed)}",

@@ -318,7 +318,7 @@ def test_help_lists_every_key_with_its_default(capsys):
 
     for f in dataclasses.fields(TrainConfig):
         assert f"\n  {f.name}" in out, f.name
-    assert "augment.num_clips=4" in out and "rc.tau=0.07" in out and 'td.head="gru"' in out
+    assert "augment.num_clips=4" in out and "rc.tau=0.2" in out and 'td.head="gru"' in out
     assert "synthetic.num_frames=32" in out
 
 
@@ -416,3 +416,22 @@ def test_knn_monitor_with_a_bad_probe_split_fails_before_training(tmp_path):
         train(cfg, on_step=lambda step, epoch, m: steps.append(step))
     assert steps == []
     assert not os.path.isdir(cfg.out_dir) or not list_checkpoints(cfg.out_dir)
+
+
+def test_configs_saved_by_earlier_versions_migrate_exactly():
+    from ctrlaug.config import config_from_dict, config_to_dict, migrate_saved_config
+
+    now = config_to_dict(TrainConfig())
+    assert migrate_saved_config(now) == now  # today's form passes through
+    old = {k: v for k, v in now.items() if k not in ("rc", "mi", "td", "nce")}
+    old.update(
+        rc=True, tau=0.07, queue_size=0, rc_weight=1.0, mi=False, mi_weight=0.3, mi_ema=0.05,
+        td=True, td_head="mlp", td_weight=0.01, nce=True, nce_mode="clip_global", nce_tau=0.1,
+    )  # fmt: skip
+    cfg = config_from_dict(migrate_saved_config(old))
+    assert (cfg.rc.enabled, cfg.rc.tau, cfg.mi.enabled, cfg.mi.weight) == (True, 0.07, False, 0.3)
+    assert (cfg.mi.ema, cfg.td.ema) == (0.05, 0.05)  # mi_ema used to set L_td's rate as well
+    assert (cfg.td.head, cfg.td.weight, cfg.nce.enabled, cfg.nce.tau) == ("mlp", 0.01, True, 0.1)
+    # what a user writes with an old key is still an error, not a silent migration
+    with pytest.raises(ConfigError, match="renamed to rc.tau"):
+        config_from_dict(old)
