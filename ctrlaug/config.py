@@ -111,7 +111,11 @@ class TrainConfig:
     )
 
     # ---- model ----------------------------------------------------------------------------------
-    arch: str = opt("r3d18", "encoder: R3D-18 or R3D-34 (Hara layout)", choices=("r3d18", "r3d34"))
+    arch: str = opt(
+        "r3d18",
+        "encoder: R3D-18 or R3D-34 (Hara et al.'s blocks, (1,2,2) max-pool for the paper's grids)",
+        choices=("r3d18", "r3d34"),
+    )
     width: float = opt(0.125, "channel multiplier of the encoder (1.0 = 64..512 channels)", min=1e-3)
     global_stride1_stages: list[int] = opt(
         None,

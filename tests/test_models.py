@@ -1,4 +1,4 @@
-"""R3D encoder (Hara layout, per-call temporal stride) and the SSL heads."""
+"""R3D encoder (per-call temporal stride) and the SSL heads."""
 
 import pytest
 import torch
@@ -112,7 +112,7 @@ def test_vcop_head_classifies_all_orders():
     head = build_order_head("vcop", 12, 16, 3, 0.1)
     assert isinstance(head, VCOPHead) and head.perms.shape == (6, 3)
     assert head(torch.randn(2, 3, 12)).shape == (2, 6)
-    with pytest.raises(ValueError, match="td_head must be one of"):
+    with pytest.raises(ValueError, match="td.head must be one of"):
         build_order_head("lstm", 12, 16, 3, 0.1)
 
 

@@ -305,7 +305,8 @@ def test_paper_lr_schedule_defaults():
         512,
         128,
     )
-    load_config(os.path.join(ROOT, "configs", "k400.yaml"), ["data_root=/x"])
+    k400 = load_config(os.path.join(ROOT, "configs", "k400.yaml"), ["data_root=/x"])
+    assert (k400.knn_every, k400.rc.tau, k400.lr_milestones) == (0, 0.07, [70])  # no kNN pass over K400
     assert (
         load_config(os.path.join(ROOT, "configs", "demo.yaml")) == TrainConfig()
     )  # demo.yaml = the defaults

@@ -1,4 +1,4 @@
-"""Encoders and heads: R3D-18/34 (Hara layout, per-call temporal stride) and the SSL heads."""
+"""Encoders and heads: R3D-18/34 (Hara et al.'s blocks, a (1,2,2) max-pool for the paper's grids, per-call temporal stride) and the SSL heads."""
 
 from .heads import (
     ORDER_HEADS,

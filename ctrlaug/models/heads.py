@@ -153,5 +153,5 @@ ORDER_HEADS = {"gru": GRUOrderHead, "mlp": MLPOrderHead, "gru_mlp": GRUMLPOrderH
 
 def build_order_head(kind: str, in_dim: int, hidden: int, num_clips: int, tau: float) -> nn.Module:
     if kind not in ORDER_HEADS:
-        raise ValueError(f"td_head must be one of {sorted(ORDER_HEADS)}, got {kind!r}")
+        raise ValueError(f"td.head must be one of {sorted(ORDER_HEADS)}, got {kind!r}")
     return ORDER_HEADS[kind](in_dim, hidden=hidden, num_clips=num_clips, tau=tau)
