@@ -38,7 +38,7 @@ the probes of 1 and 2 train on one half and are tested on the other.
    exact for what the map resolves (upsampling the map adds no information); note the grid is
    coarse at CPU sizes (2 x 2 cells for a 48 px clip), which the JSON records.
 4. **Factors**: one linear probe per factor (:func:`ctrlaug.probe.fit_factor_probes`) and the
-   weighted kNN (:func:`ctrlaug.evaluate.knn_top1`, k=20, t=0.07), trained on the unaugmented
+   weighted kNN (:func:`ctrlaug.probe.knn_top1`, k=20, t=0.07), trained on the unaugmented
    centre clips of ``videos`` videos of the config's train split, tested on the held-out clips
    (one clip per video, so lower than the demo's 10-clip probe).
 
@@ -69,9 +69,9 @@ from ctrlaug.augment import (
     sample_level_params,
 )
 from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
-from ctrlaug.evaluate import EvalError, knn_top1, load_encoder, resolve_device, run_cli
+from ctrlaug.evaluate import EvalError, load_encoder, resolve_device, run_cli
 from ctrlaug.models import normalize_input, pool, to_unit
-from ctrlaug.probe import fit_factor_probes
+from ctrlaug.probe import fit_factor_probes, knn_top1
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [

@@ -1,4 +1,11 @@
-"""The demo's linear probe: frozen encoder features -> one linear layer per factor -> top-1.
+"""Frozen-feature protocols, below training and evaluation: clip features of an encoder, the
+linear classifier on them, kNN, retrieval recall, and the demo's per-factor linear probe.
+
+``ctrlaug.train`` (kNN monitor, demo probe), ``ctrlaug.evaluate`` (the §4.2-4.3 protocols and
+their CLI), ``ctrlaug.diagnose`` and ``ctrlaug.calibrate`` all build on this module; it imports
+none of them.
+
+The demo's linear probe: frozen encoder features -> one linear layer per factor -> top-1.
 
 Features of a video are the global-average-pooled last feature map of its evaluation clips
 (:class:`ctrlaug.data.VideoDataset` in ``mode="eval"``: uniformly spaced, centre-cropped),
@@ -11,10 +18,171 @@ retrieval) belongs to evaluation.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-__all__ = ["extract_features", "factor_probe", "fit_factor_probes"]
+from ctrlaug.data import collate_views
+from ctrlaug.models import pool, prepare_input
+
+__all__ = [
+    "retrieval_recall",
+    "knn_top1",
+    "clip_loader",
+    "extract_clip_features",
+    "fit_linear_clips",
+    "evaluate_clips",
+    "extract_features",
+    "factor_probe",
+    "fit_factor_probes",
+]
+
+
+def _l2n(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=1)
+
+
+def retrieval_recall(
+    query_feats: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery_feats: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5, 10, 20, 50),
+) -> dict[int, float]:
+    """Top-k retrieval recall (paper §4.3, the protocol of its Table 3), cosine similarity.
+
+    Args:
+        query_feats: float [Q, C] (test videos); query_labels: int [Q].
+        gallery_feats: float [G, C] (train videos); gallery_labels: int [G].
+        ks: cut-offs; a k larger than G is clipped to G (its value is still reported under k).
+
+    Returns ``{k: recall in %}``: the share of queries with at least one of their k most similar
+    gallery items of the same class.
+    """
+    q, g = _l2n(query_feats), _l2n(gallery_feats)
+    ql, gl = torch.as_tensor(query_labels).long(), torch.as_tensor(gallery_labels).long()
+    if q.shape[0] != ql.shape[0] or g.shape[0] != gl.shape[0] or q.shape[1] != g.shape[1]:
+        raise ValueError(
+            f"retrieval_recall: shape mismatch {tuple(q.shape)}/{tuple(ql.shape)} vs "
+            f"{tuple(g.shape)}/{tuple(gl.shape)}"
+        )
+    if g.shape[0] == 0 or q.shape[0] == 0:
+        raise ValueError("retrieval_recall: empty query or gallery")
+    kmax = min(max(ks), g.shape[0])
+    idx = (q @ g.T).topk(kmax, dim=1).indices  # [Q, kmax], most similar first
+    hit = gl[idx] == ql[:, None]  # [Q, kmax]
+    first = torch.cumsum(hit.int(), dim=1) > 0  # hit within the first j+1
+    return {int(k): first[:, min(k, kmax) - 1].float().mean().item() * 100 for k in ks}
+
+
+def knn_top1(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    t: float = 0.07,
+    num_classes: int | None = None,
+) -> float:
+    """Weighted kNN top-1 (%) on frozen features (instance-discrimination style monitor).
+
+    Features float [N, C] are L2-normalised; each test item takes its k most cosine-similar train
+    items, each voting for its class with weight ``exp(sim / t)``; the class with the largest vote
+    wins. Labels int [N]. Usable as a cheap monitor during pretraining.
+    """
+    tr, te = _l2n(train_feats), _l2n(test_feats)
+    trl, tel = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
+    C = int(num_classes or int(max(trl.max(), tel.max())) + 1)
+    k = min(k, tr.shape[0])
+    sim, idx = (te @ tr.T).topk(k, dim=1)  # [M, k]
+    w = (sim / t).exp()
+    votes = torch.zeros(te.shape[0], C).scatter_add_(1, trl[idx], w)
+    return (votes.argmax(1) == tel).float().mean().item() * 100
+
+
+def clip_loader(
+    ds, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    collate = functools.partial(collate_views, levels=False)  # tau_l is not applied in evaluation
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g, num_workers=num_workers
+    )
+
+
+@torch.no_grad()
+def extract_clip_features(
+    encoder: nn.Module, dataset, batch_size: int = 4, num_workers: int = 0, head: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of every clip of an eval-mode dataset, on the encoder's device.
+
+    Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); with ``head``
+    (on the same device), ``head(features)`` instead, e.g. a classifier's logits [N, V, K]. The
+    encoder runs in eval mode (BN running statistics) and is put back in its previous mode.
+    """
+    was = encoder.training
+    encoder.eval()
+    dev = next(encoder.parameters()).device
+    feats, labels = [], []
+    try:
+        for b in clip_loader(dataset, batch_size, num_workers=num_workers):
+            v = b["views"].to(dev)  # uint8 [B, V, 3, F, S, S]
+            B, V = v.shape[:2]
+            f = pool(encoder(prepare_input(v.flatten(0, 1))))
+            feats.append((f if head is None else head(f)).float().view(B, V, -1).cpu())
+            labels.append(b["label"])
+    finally:
+        encoder.train(was)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_linear_clips(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    *,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+):
+    """Linear classifier on clip features float [N, V, C] (every clip a sample, its video's label).
+
+    Standardised features, Adam, shuffled mini-batches (``batch_size=0``: full batch, in order).
+    Returns a callable ``[..., C] -> logits``.
+    """
+    x = train_x.reshape(-1, train_x.shape[-1])
+    y = train_y[:, None].expand(train_x.shape[:2]).reshape(-1)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    g = torch.Generator().manual_seed(seed)
+    clf = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        clf.weight.normal_(0, 0.01, generator=g)
+        clf.bias.zero_()
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        batches = torch.randperm(len(x), generator=g).split(batch_size) if batch_size else [slice(None)]
+        for i in batches:
+            opt.zero_grad()
+            F.cross_entropy(clf(x[i]), y[i]).backward()
+            opt.step()
+    clf.eval()
+    return lambda f: clf((f - mean) / std)
+
+
+def evaluate_clips(clip_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 (%) from clip logits float [N, V, K]: ``clip_top1`` (each clip alone) and
+    ``video_top1`` (softmax averaged over the V clips, paper §4.2)."""
+    p = clip_logits.float().softmax(-1)
+    clip = (p.argmax(-1) == labels[:, None]).float().mean().item() * 100
+    video = (p.mean(1).argmax(-1) == labels).float().mean().item() * 100
+    return {"clip_top1": clip, "video_top1": video}
 
 
 def extract_features(
@@ -26,8 +194,6 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip-averaged pooled features of every video of an eval-mode dataset, computed on the
     encoder's device: (features float32 [N, C], labels int64 [N])."""
-    from ctrlaug.evaluate import extract_clip_features
-
     feats, labels = extract_clip_features(encoder, dataset, batch_size=batch_size, num_workers=num_workers)
     return feats.mean(1), labels
 
@@ -47,8 +213,6 @@ def fit_factor_probes(
     Returns ``{factor: {"top1", "train_top1", "chance"}}`` in %, where ``chance`` is the test
     set's majority-class rate (the score of a constant guess).
     """
-    from ctrlaug.evaluate import fit_linear_clips
-
     out = {}
     for name, ytr in tr_labels.items():
         yte = te_labels[name]

@@ -53,6 +53,7 @@ from ctrlaug.config import (
 from ctrlaug.data import BadVideoLog, build_train_dataset, collate_views, get_format
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
+from ctrlaug.probe import extract_clip_features, factor_probe, knn_top1
 from ctrlaug.utils import dist as cdist
 from ctrlaug.utils.checkpoint import (
     list_checkpoints,
@@ -453,9 +454,7 @@ class Trainer:
     def knn_monitor(self) -> float:
         """Weighted kNN top-1 (%) of the current encoder: ``probe_split`` videos (mean of their
         ``probe_clips`` clip features) query the ``split`` videos; see
-        :func:`ctrlaug.evaluate.knn_top1`. Runs on the training device, touches no global RNG."""
-        from ctrlaug.evaluate import extract_clip_features, knn_top1
-
+        :func:`ctrlaug.probe.knn_top1`. Runs on the training device, touches no global RNG."""
         if self.knn_sets is None:
             self.knn_sets = probe_datasets(self.cfg)
         bank, queries = self.knn_sets
@@ -638,8 +637,6 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
     "trained": {...}, "random_init": {...}}``; the last two hold the primary factor's
     ``top1``/``train_top1`` and the probe set sizes.
     """
-    from ctrlaug.probe import factor_probe
-
     train_set, test_set = probe_datasets(cfg)
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
     trained = factor_probe(encoder, train_set, test_set, **kw)
