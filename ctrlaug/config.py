@@ -216,9 +216,6 @@ def config_from_dict(values: dict) -> TrainConfig:
     return cfgtools.build(TrainConfig, values, what=_WHAT)
 
 
-LOSSES = ("rc", "mi", "td", "nce")
-
-
 def migrate_saved_config(values: dict) -> dict:
     """A config mapping saved by an earlier version (flat loss keys: ``tau``, ``mi_weight``, and
     ``rc: true`` as the switch) in today's nested form (``rc: {enabled, tau, ...}``); a mapping
@@ -229,16 +226,10 @@ def migrate_saved_config(values: dict) -> dict:
     ``mi.ema`` and ``td.ema``). What a user writes with an old key still gets the "renamed to"
     error.
     """
-    old = [k for k in values if k in _RENAMED]
-    switches = [n for n in LOSSES if isinstance(values.get(n), bool)]
-    if not old and not switches:
-        return values
-    out = {k: v for k, v in values.items() if k not in _RENAMED}
-    for n in switches:
-        out[n] = {"enabled": values[n]}
-    for k in old:
+    out = cfgtools.expand_shorthand(TrainConfig, values)  # rc: true -> rc: {enabled: true}
+    for k in [k for k in values if k in _RENAMED]:
         section, key = _RENAMED[k].split(";")[0].split(".")
-        out.setdefault(section, {})[key] = values[k]
+        out.setdefault(section, {})[key] = out.pop(k)
     if "mi_ema" in values:
         out.setdefault("td", {}).setdefault("ema", values["mi_ema"])
     return out
