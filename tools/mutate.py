@@ -66,12 +66,13 @@ AUGMENT = (
 )  # fmt: skip
 REQUIRED = ("tests/test_required_backends.py",)
 
-L, OPS, AUG, TR, EV = (
+L, OPS, AUG, TR, EV, PR = (
     "ctrlaug/losses.py",
     "ctrlaug/ops",
     "ctrlaug/augment",
     "ctrlaug/train.py",
     "ctrlaug/evaluate.py",
+    "ctrlaug/probe.py",  # the frozen-feature protocol functions (kNN, retrieval, linear classifier)
 )
 
 MUTANTS: list[Mutant] = [
@@ -116,8 +117,8 @@ MUTANTS: list[Mutant] = [
            "loss = w * lse - (queries.to(acc) * t).sum(-1) * tau", RC_OP, "target term scaled wrong"),
     Mutant("O2", f"{OPS}/region_contrast.py", "dq = ((g * w)[:, None] * o - g[:, None] * t) / tau",
            "dq = ((g * w)[:, None] * o + g[:, None] * t) / tau", RC_OP, "dq target sign"),
-    Mutant("O3", f"{OPS}/region_contrast.py", "index_add(0, owner, tgt, alpha=-1.0 / tau)",
-           "index_add(0, owner, tgt, alpha=1.0 / tau)", RC_OP, "dk target sign"),
+    Mutant("O3", f"{OPS}/region_contrast.py", "index_add_(0, owner, tgt, alpha=-1.0 / tau)",
+           "index_add_(0, owner, tgt, alpha=1.0 / tau)", RC_OP, "dk target sign"),
     Mutant("O4", f"{OPS}/region_contrast.py", "w = S.sum(-1).view(M)", "w = S.sum(-1).view(M).clamp_min(1.0)",
            RC_OP, "uncovered rows get weight 1"),
     Mutant("O5", f"{OPS}/region_contrast.py", "lse, o = fwd(queries, keys, queue, float(tau), bool(need_dq))",
@@ -169,14 +170,14 @@ MUTANTS: list[Mutant] = [
            "r = retrieval_recall(trf.mean(1), trl, tef.mean(1), tel)", PROTOCOLS, "query/gallery swapped"),
     Mutant("E2", EV, "res.update(evaluate_clips(clf(tef), tel))", "res.update(evaluate_clips(clf(trf), trl))",
            PROTOCOLS, "probe scored on the train split"),
-    Mutant("E3", EV, "trf.mean(1), trl, tef.mean(1), tel, k=args.k", "tef.mean(1), tel, trf.mean(1), trl, k=args.k",
+    Mutant("E3", EV, "trf.mean(1), trl, tef.mean(1), tel, k=opts.k", "tef.mean(1), tel, trf.mean(1), trl, k=opts.k",
            PROTOCOLS, "kNN bank/queries swapped"),
-    Mutant("E4", EV, "p = clip_logits.float().softmax(-1)", "p = clip_logits.float()", PROTOCOLS,
+    Mutant("E4", PR, "p = clip_logits.float().softmax(-1)", "p = clip_logits.float()", PROTOCOLS,
            "logit averaging"),
-    Mutant("E5", EV, "w = (sim / t).exp()", "w = torch.ones_like(sim)", PROTOCOLS, "unweighted kNN vote"),
-    Mutant("E6", EV, "idx = (q @ g.T).topk(kmax, dim=1).indices", "idx = (q @ g.T).topk(kmax, dim=1, largest=False).indices",
+    Mutant("E5", PR, "w = (sim / t).exp()", "w = torch.ones_like(sim)", PROTOCOLS, "unweighted kNN vote"),
+    Mutant("E6", PR, "idx = (q @ g.T).topk(kmax, dim=1).indices", "idx = (q @ g.T).topk(kmax, dim=1, largest=False).indices",
            PROTOCOLS, "retrieval ranks the least similar first"),
-    Mutant("E7", EV, "return lambda f: clf((f - mean) / std)", "return lambda f: clf(f - mean)", PROTOCOLS,
+    Mutant("E7", PR, "return lambda f: clf((f - mean) / std)", "return lambda f: clf(f - mean)", PROTOCOLS,
            "probe applied without the train standardisation"),
 ]  # fmt: skip
 

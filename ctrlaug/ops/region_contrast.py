@@ -94,7 +94,7 @@ def _validate(queries, keys, targets, owner, queue, tau, reduction):
     B = keys.shape[0] // Nv
     # One tiny host sync; skipped while torch.compile traces (it cannot be data-dependent there).
     if not torch.compiler.is_compiling() and owner.numel() > 0:
-        lo, hi = int(owner.min()), int(owner.max())
+        lo, hi = torch.stack(torch.aminmax(owner)).tolist()
         if lo < 0 or hi >= B:
             raise IndexError(
                 f"owner values must lie in [0, {B}) (B = keys rows / Nv), got min {lo}, max {hi}"
@@ -149,7 +149,8 @@ class _RegionContrast(torch.autograd.Function):
             dk = bwd(queries, keys, lse, (g * w).contiguous(), tau)  # dense part, [N, D]
             gq = (g[:, None] * queries.to(lse.dtype)).view(P, Nc, D)
             tgt = torch.bmm(S.transpose(1, 2), gq)  # [P, Nv, D]: target part, owner block only
-            dk = dk.view(-1, Nv, D).index_add(0, owner, tgt, alpha=-1.0 / tau).view(-1, D)
+            # in place: dk is the op's fresh output, so no [N, D] copy
+            dk.view(-1, Nv, D).index_add_(0, owner, tgt, alpha=-1.0 / tau)
             dk = dk.to(keys.dtype)
         return dq, dk, None, None, None, None, None, None
 
