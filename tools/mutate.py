@@ -161,8 +161,8 @@ MUTANTS: list[Mutant] = [
            "G_theta never stepped"),
     Mutant("T8", TR, "torch.optim.Adam(mi_params, lr=cfg.mi.lr)", "torch.optim.Adam(mi_params, lr=cfg.mi.lr, maximize=True)",
            LOOP_MI, "G_theta stepped the wrong way"),
-    Mutant("T9", f"{AUG}/batch.py", "levels, params = levels[rows], type(params)(*(t[rows] for t in params))",
-           "levels, params = levels[rows].roll(1, 1), type(params)(*(t[rows] for t in params))", LEVELS,
+    Mutant("T9", f"{AUG}/batch.py", "levels, params = levels[rows], params.select(rows)",
+           "levels, params = levels[rows].roll(1, 1), params.select(rows)", LEVELS,
            "levels vs params misaligned"),
     Mutant("T10", TR, "                self.sched.step()\n", "                pass\n", RESUME, "no lr schedule"),
     # ---- evaluation protocols (ctrlaug/evaluate.py) -----------------------------------------------

@@ -34,8 +34,7 @@ def sample_batch_levels(
     levels = sample_levels(num_videos * num_views, cfg, generator=generator).reshape(num_videos, num_views)
     params = sample_level_params(levels, cfg, generator=generator)
     if rows is not None:
-        # field by field: LowLevelParams[slice] gives a plain tuple on Python 3.11's NamedTuple
-        levels, params = levels[rows], type(params)(*(t[rows] for t in params))
+        levels, params = levels[rows], params.select(rows)
     return levels, params
 
 
