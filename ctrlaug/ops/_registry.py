@@ -191,7 +191,7 @@ CAPABILITIES: dict[str, Capability] = {
 
 # The exception type for each capability a call can miss, so that a dtype problem is a TypeError
 # and a size problem a ValueError wherever it is found (as in the ops' own validation).
-_MISS_ERROR = {"device": RuntimeError, "dtype": TypeError, "max_d": ValueError}
+_MISS_ERROR = {"dtype": TypeError, "max_d": ValueError}
 
 
 def _dtype_names(dtypes) -> str:
@@ -199,15 +199,13 @@ def _dtype_names(dtypes) -> str:
 
 
 def capability_miss(
-    backend: str, device: torch.device, dtype: torch.dtype | None = None, d: int | None = None
+    backend: str, dtype: torch.dtype | None = None, d: int | None = None
 ) -> tuple[str, str] | None:
-    """``(capability, why)`` for the first capability of ``backend`` that a call with tensors on
-    ``device``, features of ``dtype`` and width ``d`` misses; None when the table allows the call.
-    ``dtype`` / ``d`` None: not constrained (correspondence). Says nothing about whether the
-    backend is built here (that is ``available``)."""
+    """``(capability, why)`` for the first capability of ``backend`` that a call with features of
+    ``dtype`` and width ``d`` misses; None when the table allows the call. ``dtype`` / ``d`` None:
+    not constrained (correspondence). The device half of the table, and whether the backend is
+    built here, is ``available``."""
     cap = CAPABILITIES[backend]
-    if cap.devices is not None and device.type not in cap.devices:
-        return "device", f"the {backend} backend runs {'/'.join(cap.devices)} tensors, got {device.type}"
     if dtype is not None and dtype not in cap.dtypes:
         return (
             "dtype",
@@ -229,20 +227,19 @@ def _has_kernel(op: str, key: str) -> bool:
 
 
 def available(backend: str, device: torch.device, op: str = "region_contrast_fwd") -> bool:
-    """Whether ``backend`` can run ``op`` on tensors of ``device``."""
+    """Whether ``backend`` is built here and takes tensors of ``device`` (``CAPABILITIES``)."""
+    if backend not in CAPABILITIES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    devices = CAPABILITIES[backend].devices
+    if devices is not None and device.type not in devices:
+        return False
     if backend == "reference":
         return True
-    if backend == "cpp":
-        return device.type == "cpu" and _has_kernel(op, "CPU")
-    if backend == "cuda":
-        return device.type == "cuda" and _has_kernel(op, "CUDA")
-    if backend == "triton":
-        if device.type == "cuda":
-            return _register_triton()
-        if device.type == "cpu":
-            return os.environ.get("TRITON_INTERPRET", "0") == "1" and _register_triton()
+    if backend in ("cpp", "cuda"):
+        return _has_kernel(op, device.type.upper())
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":  # triton
         return False
-    raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    return _register_triton()
 
 
 def _why_missing(backend: str, device: torch.device) -> str:
@@ -276,7 +273,7 @@ def _warn_once(key: str, msg: str) -> None:
 
 
 def _can_run(backend: str, device: torch.device, op: str, dtype, d) -> bool:
-    return available(backend, device, op) and capability_miss(backend, device, dtype, d) is None
+    return available(backend, device, op) and capability_miss(backend, dtype, d) is None
 
 
 def resolve(
@@ -303,7 +300,7 @@ def resolve(
         for b in order:
             if not available(b, device, op):
                 continue
-            miss = capability_miss(b, device, dtype, d)
+            miss = capability_miss(b, dtype, d)
             if miss is None:
                 return b
             misses.append(miss[1])
@@ -322,7 +319,7 @@ def resolve(
         raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
     if not available(backend, device, op):
         raise RuntimeError(f"ctrlaug backend {backend!r} is not available: {_why_missing(backend, device)}")
-    miss = capability_miss(backend, device, dtype, d)
+    miss = capability_miss(backend, dtype, d)
     if miss is not None:
         could = [b for b in BACKENDS if b != backend and _can_run(b, device, op, dtype, d)]
         raise _MISS_ERROR[miss[0]](
