@@ -572,8 +572,6 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
     :class:`ctrlaug.evaluate.EvalError`."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    if not opts.checkpoint and not opts.random_init:
-        raise EvalError("give RUN_OR_CKPT (a ckpt_*.pt or a run folder), or --random-init")
     if opts.videos < 4:
         raise EvalError(f"--videos must be >= 4, got {opts.videos}")
     device = resolve_device(opts.device)

@@ -97,11 +97,16 @@ def load_encoder(
 
     The model config is the checkpoint's own, or ``config_path`` (YAML) when given; the
     checkpoint's encoder weights must match it exactly, otherwise EvalError. ``random_init`` keeps
-    the freshly initialised encoder (seeded by the config's seed) as a baseline.
+    the freshly initialised encoder (seeded by the config's seed) as a baseline; one of the two
+    must be asked for, else EvalError.
     """
     from ctrlaug.config import ConfigError, config_from_dict, load_config, migrate_saved_config
     from ctrlaug.config import apply_overrides as _apply
 
+    if not checkpoint and not random_init:
+        raise EvalError(
+            "no encoder asked for: give a checkpoint (a ckpt_*.pt or a run folder) or --random-init"
+        )
     state, path = None, None
     if checkpoint:
         path = resolve_checkpoint(checkpoint)
@@ -342,8 +347,6 @@ def run(opts: EvalOptions, log=print) -> dict:
     dict. Bad input raises :class:`EvalError`."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    if not opts.checkpoint and not opts.random_init:
-        raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
     device = resolve_device(opts.device)
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init)
     enc.to(device)

@@ -128,8 +128,6 @@ def run_caam(
     and crop. Returns the paths written; bad input raises :class:`ctrlaug.evaluate.EvalError`."""
     from ctrlaug.evaluate import EvalError, load_encoder
 
-    if not checkpoint and not random_init:
-        raise EvalError("give --checkpoint PATH (a ckpt_*.pt or a run folder) or --random-init")
     enc, cfg, _ = load_encoder(checkpoint, config, random_init)
     size = size or cfg.augment.size
     frames = frames or cfg.augment.clip_frames

@@ -322,3 +322,11 @@ def test_library_call_takes_options_and_matches_the_cli(tiny_run, tmp_path):
         EvalOptions("linaer")
     with pytest.raises(EvalError, match="--random-init"):
         run(EvalOptions("knn"))
+
+
+def test_load_encoder_needs_a_checkpoint_or_random_init():
+    from ctrlaug.evaluate import EvalError, load_encoder
+
+    with pytest.raises(EvalError, match="give a checkpoint .* or --random-init"):
+        load_encoder(None)
+    assert load_encoder(None, random_init=True)[2] is None  # the baseline: no checkpoint path
