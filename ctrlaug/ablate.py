@@ -293,14 +293,10 @@ def compact_diagnostics(d: dict) -> dict:
 
 
 def _diagnose_dir(d: str, cfg, encoder, videos: int) -> dict:
-    from ctrlaug.diagnose import diagnose, to_markdown
+    from ctrlaug.diagnose import diagnose, write_report
 
     full = diagnose(encoder, cfg, videos=videos, seed=cfg.seed)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "diagnose.json"), "w") as f:
-        json.dump(full, f, indent=1)
-    with open(os.path.join(d, "diagnose.md"), "w") as f:
-        f.write(to_markdown(full))
+    write_report(full, os.path.join(d, "diagnose"))
     return compact_diagnostics(full)
 
 

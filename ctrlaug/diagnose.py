@@ -81,6 +81,7 @@ __all__ = [
     "video_split",
     "level_decodability",
     "applied_decodability",
+    "write_report",
     "quantile_bins",
     "reversal_decodability",
     "masks_to_grid",
@@ -579,14 +580,19 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
     res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
     res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
-    stem = os.path.join(out, "diagnose" + ("_random" if opts.random_init else ""))
-    os.makedirs(out, exist_ok=True)
+    stem = write_report(res, os.path.join(out, "diagnose" + ("_random" if opts.random_init else "")))
+    log(summary_line(res) + f" -> {stem}.json")
+    return res
+
+
+def write_report(res: dict, stem: str) -> str:
+    """Write ``res`` of :func:`diagnose` as ``<stem>.json`` and ``<stem>.md``; returns ``stem``."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
     with open(stem + ".md", "w") as f:
         f.write(to_markdown(res))
-    log(summary_line(res) + f" -> {stem}.json")
-    return res
+    return stem
 
 
 def build_parser() -> argparse.ArgumentParser:
