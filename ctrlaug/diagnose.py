@@ -295,14 +295,16 @@ def _render(shapes: ShapesConfig, split: str, indices, aug: AugmentConfig):
 
 
 @torch.no_grad()
-def _encode(encoder: nn.Module, x: torch.Tensor, dev: torch.device, batch: int):
-    """float [N, 3, F, S, S] in [0, 1] -> (pooled [N, C], CAAM [N, T', H', W']) on the CPU."""
-    feats, maps = [], []
+def _encode(encoder: nn.Module, x: torch.Tensor, dev: torch.device, batch: int, maps: bool = False):
+    """float [N, 3, F, S, S] in [0, 1] -> pooled [N, C] on the CPU, and with ``maps`` also the
+    CAAMs [N, T', H', W']."""
+    feats, cams = [], []
     for i in range(0, len(x), batch):
         fmap = encoder(normalize_input(x[i : i + batch].to(dev))).float()
         feats.append(pool(fmap).cpu())
-        maps.append(fmap.mean(1).cpu())
-    return torch.cat(feats), torch.cat(maps)
+        if maps:
+            cams.append(fmap.mean(1).cpu())
+    return (torch.cat(feats), torch.cat(cams)) if maps else torch.cat(feats)
 
 
 def _shapes_of(cfg) -> tuple[ShapesConfig, str | None]:
@@ -442,16 +444,16 @@ def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
     for i0 in range(0, n, batch):
         clips, cover, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
-        x = to_unit(clips)  # [B, 3, F, S, S]
+        x = to_unit(clips.to(dev))  # [B, 3, F, S, S]; tau_l and the reversal run on the device
         B = len(x)
-        f, maps = _encode(encoder, x, dev, batch)
+        f, maps = _encode(encoder, x, dev, batch, maps=True)
         out["fwd"].append(f)
         out["maps"].append(maps)
         out["masks"].append(cover)
-        out["rev"].append(_encode(encoder, reverse_clip(x), dev, batch)[0])
-        p = params.select(slice(i0 * levels, (i0 + B) * levels))
+        out["rev"].append(_encode(encoder, reverse_clip(x), dev, batch))
+        p = params.select(slice(i0 * levels, (i0 + B) * levels)).to(dev)
         xv = low_level_augment(x.repeat_interleave(levels, 0), p, max_kernel=aug.max_blur_kernel)
-        out["levels"].append(_encode(encoder, xv, dev, batch)[0].view(B, levels, -1))
+        out["levels"].append(_encode(encoder, xv, dev, batch).view(B, levels, -1))
     res = {k: torch.cat(v) for k, v in out.items()}
     res["factors"] = _stack_factors(factors)
     return res
@@ -463,7 +465,7 @@ def _train_clips(encoder, shapes, split, n, aug, dev, batch):
     for i0 in range(0, n, batch):
         clips, _, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
-        feats.append(_encode(encoder, to_unit(clips), dev, batch)[0])
+        feats.append(_encode(encoder, to_unit(clips), dev, batch))
     return torch.cat(feats), _stack_factors(factors)
 
 
