@@ -320,7 +320,7 @@ def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VI
 
     cfg = load_config(None, overrides)
     torch.manual_seed(cfg.seed + 1)
-    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width), videos)
+    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages), videos)
 
 
 #: ``train_fn(overrides) -> {"top1", "random_top1", "train_top1", "steps", "primary", "factors"}``

@@ -31,7 +31,7 @@ import warnings
 
 import torch
 
-from ctrlaug.config import ConfigError, TrainConfig, load_config
+from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, load_config
 from ctrlaug.evaluate import finetune
 from ctrlaug.models import build_encoder
 from ctrlaug.probe import factor_probe
@@ -76,7 +76,7 @@ def supervised_ceiling(
     steps = steps or pretrain_steps(cfg, len(train_set))
     epochs = max(1, round(steps * cfg.batch_size / len(train_set)))
     torch.manual_seed(seed)
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
     n_cls = len(train_set.factor_classes()[factor])
     mirror_ok = factor not in MIRROR_SENSITIVE and not (
         factor == train_set.primary_factor and train_set.mirror_changes_labels
@@ -111,7 +111,7 @@ def random_init_floor(cfg: TrainConfig, *, seed: int = 0) -> dict[str, dict[str,
     """Linear probe of every factor on a random-init encoder (the demo's probe protocol)."""
     train_set, test_set = probe_datasets(cfg)
     torch.manual_seed(seed + 1)  # the same init the demo's random-init baseline uses
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return factor_probe(
@@ -151,6 +151,7 @@ def calibrate(cfg: TrainConfig, seeds=(0,), factors=None, log=print) -> dict:
         "steps": pretrain_steps(cfg, len(train_set)),
         "seeds": list(seeds),
         "factors": table,
+        "config": config_to_dict(cfg),
     }
 
 

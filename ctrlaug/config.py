@@ -122,6 +122,12 @@ class TrainConfig:
         "stages (2,3,4) run with temporal stride 1 on the global path: [3,4] -> T_v=8",
         factory=lambda: [3, 4],
     )
+    spatial_stride1_stages: list[int] = opt(
+        None,
+        f"stages (2,3,4) built with spatial stride 1 (temporal stride kept): [4] at 64 px views "
+        f"-> 4x4 grid ({OUR_CHOICE}; [] = Hara's layout)",
+        factory=list,
+    )
     proj_hidden: int = opt(128, f"hidden width of the per-cell projection head ({OUR_CHOICE})", min=1)
     proj_dim: int = opt(64, f"output width of the per-cell projection head ({OUR_CHOICE})", min=1)
     sync_bn: bool = opt(False, "synchronise BatchNorm statistics over DDP ranks")
@@ -187,6 +193,12 @@ class TrainConfig:
         if bad or len(set(self.global_stride1_stages)) != len(self.global_stride1_stages):
             errs.append(
                 f"global_stride1_stages: invalid value {self.global_stride1_stages!r}; "
+                "valid choices: a subset of [2, 3, 4]"
+            )
+        bad = [s for s in self.spatial_stride1_stages if s not in (2, 3, 4)]
+        if bad or len(set(self.spatial_stride1_stages)) != len(self.spatial_stride1_stages):
+            errs.append(
+                f"spatial_stride1_stages: invalid value {self.spatial_stride1_stages!r}; "
                 "valid choices: a subset of [2, 3, 4]"
             )
         if not any(c.enabled for c in (self.rc, self.mi, self.td, self.nce)):

@@ -126,7 +126,7 @@ def load_encoder(
     except (ConfigError, OSError) as e:
         raise EvalError(f"bad config: {e}".splitlines()[0]) from None
     torch.manual_seed(cfg.seed)
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
     if state is not None and not random_init:
         sd = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}
         if not sd:

@@ -100,7 +100,7 @@ def lr_milestones(cfg: TrainConfig) -> list[int]:
 def build_objective(cfg: TrainConfig) -> CtrlAugObjective:
     """Encoder + heads + enabled losses, from the config (CPU, fp32, not yet wrapped)."""
     return CtrlAugObjective(
-        build_encoder(cfg.arch, cfg.width),
+        build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages),
         cfg.augment.num_clips,
         tuple(cfg.global_stride1_stages),
         cfg.proj_hidden,
@@ -641,7 +641,7 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
     trained = factor_probe(encoder, train_set, test_set, **kw)
     torch.manual_seed(cfg.seed + 1)
-    rand = build_encoder(cfg.arch, cfg.width).to(device)
+    rand = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).to(device)
     random_init = factor_probe(rand, train_set, test_set, **kw)
     primary = train_set.primary_factor
     sizes = {"num_train": len(train_set), "num_test": len(test_set)}

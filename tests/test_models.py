@@ -33,6 +33,45 @@ def test_r3d18_grids_at_paper_resolution(stages, grid):
     assert enc.output_grid((16, 112, 112), stages) == grid
 
 
+def test_grid4_preset_gives_4x4_grids():
+    """configs/shapes-grid4.yaml: the clip and global feature grids are 4x4 in space (the paper's
+    cell count), built from the preset's own view size, frames and strides."""
+    import os
+
+    from ctrlaug.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = load_config(os.path.join(root, "configs", "shapes-grid4.yaml"))
+    a = cfg.augment
+    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).eval()
+    with torch.no_grad():
+        clip = enc(torch.randn(1, 3, a.clip_frames, a.size, a.size))
+        glob = enc(torch.randn(1, 3, a.global_frames, a.size, a.size), cfg.global_stride1_stages)
+    assert clip.shape[3:] == (4, 4) and glob.shape[3:] == (4, 4)
+    assert glob.shape[2] > clip.shape[2]  # the global path keeps more time steps (T_v > T_c)
+    assert enc.output_grid((a.clip_frames, a.size, a.size)) == tuple(clip.shape[2:])
+    assert enc.output_grid((a.global_frames, a.size, a.size), cfg.global_stride1_stages) == tuple(
+        glob.shape[2:]
+    )
+
+
+def test_spatial_stride1_keeps_time_stride_and_init():
+    """Stage 4 built with spatial stride 1: time still halves, space does not; the weights are
+    drawn in the same order as Hara's layout (same seed -> same tensors), and a bad stage fails."""
+    torch.manual_seed(0)
+    ref = build_encoder("r3d18", 1 / 16)
+    torch.manual_seed(0)
+    enc = build_encoder("r3d18", 1 / 16, (4,))
+    for (k, a), (_, b) in zip(ref.state_dict().items(), enc.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.randn(1, 3, 8, 64, 64)
+    assert tuple(ref(x).shape[2:]) == (1, 2, 2)
+    assert tuple(enc(x).shape[2:]) == (1, 4, 4)
+    assert enc.stages[3][0].conv1.stride == (2, 1, 1)
+    with pytest.raises(ValueError, match="spatial_stride1_stages"):
+        build_encoder("r3d18", 1 / 16, (1,))
+
+
 def test_global_path_shares_weights_and_leaves_module_unchanged():
     enc = build_encoder("r3d18", width=1 / 16)
     n_params = sum(p.numel() for p in enc.parameters())

@@ -1,5 +1,7 @@
 """Encoders and heads: R3D-18/34 (Hara et al.'s blocks, a (1,2,2) max-pool for the paper's grids, per-call temporal stride) and the SSL heads."""
 
+from collections.abc import Sequence
+
 from .heads import (
     ORDER_HEADS,
     GRUMLPOrderHead,
@@ -34,9 +36,10 @@ __all__ = [
 ]
 
 
-def build_encoder(arch: str = "r3d18", width: float = 1.0) -> R3D:
-    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count."""
+def build_encoder(arch: str = "r3d18", width: float = 1.0, spatial_stride1_stages: Sequence[int] = ()) -> R3D:
+    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count;
+    ``spatial_stride1_stages``: stages among (2, 3, 4) with spatial stride 1 (see ``R3D``)."""
     depths = {"r3d18": 18, "r3d34": 34}
     if arch not in depths:
         raise ValueError(f"arch must be one of {sorted(depths)}, got {arch!r}")
-    return R3D(depths[arch], width)
+    return R3D(depths[arch], width, spatial_stride1_stages=spatial_stride1_stages)

@@ -25,6 +25,12 @@ module serves both paths, under DDP and torch.compile alike.
 
 ``width`` multiplies every channel count (``width=1/8`` gives 8-16-32-64 channels, a model that
 trains on a 2-core CPU in minutes).
+
+``spatial_stride1_stages`` (our choice, not the paper's: a knob for small inputs) builds some of the
+strided stages with spatial stride 1 while keeping their temporal stride: ``(4,)`` at 64x64 input
+gives a 4x4 grid (64 -> 32 -> 16 -> 8 -> 4 -> 4) instead of 2x2, the paper's 4x4 cell count at
+about a third of the cost of 128 px views (configs/shapes-grid4.yaml). Unlike the temporal stride
+of the global path it is part of the architecture, fixed at construction, the same for f and f'.
 """
 
 from __future__ import annotations
@@ -95,14 +101,15 @@ class _Conv3d(nn.Conv3d):
 class BasicBlock(nn.Module):
     """3x3x3 conv-BN-ReLU, 3x3x3 conv-BN, identity or 1x1x1 projection shortcut, ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, norm: type[nn.Module]):
+    def __init__(self, cin: int, cout: int, stride: int | tuple[int, int, int], norm: type[nn.Module]):
         super().__init__()
+        stride = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
         self.conv1 = _Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn1 = norm(cout)
         self.conv2 = _Conv3d(cout, cout, 3, stride=1, padding=1, bias=False)
         self.bn2 = norm(cout)
         self.down_conv = self.down_bn = None
-        if stride != 1 or cin != cout:
+        if stride != (1, 1, 1) or cin != cout:
             self.down_conv = _Conv3d(cin, cout, 1, stride=stride, bias=False)
             self.down_bn = norm(cout)
 
@@ -122,6 +129,8 @@ class R3D(nn.Module):
         in_channels: input channels (3 for RGB).
         norm: normalisation layer class (``nn.BatchNorm3d``; the trainer swaps in a synchronised
             one for DDP with ``sync_bn``).
+        spatial_stride1_stages: stages among (2, 3, 4) built with spatial stride 1 (temporal stride
+            kept); empty = Hara's layout.
     """
 
     def __init__(
@@ -130,11 +139,18 @@ class R3D(nn.Module):
         width: float = 1.0,
         in_channels: int = 3,
         norm: type[nn.Module] = nn.BatchNorm3d,
+        spatial_stride1_stages: Sequence[int] = (),
     ):
         super().__init__()
         if depth not in BLOCKS:
             raise ValueError(f"R3D depth must be one of {sorted(BLOCKS)}, got {depth!r}")
+        bad = [s for s in spatial_stride1_stages if s not in STRIDED_STAGES]
+        if bad:
+            raise ValueError(
+                f"spatial_stride1_stages must be among {STRIDED_STAGES}, got {tuple(spatial_stride1_stages)}"
+            )
         self.depth, self.width = depth, width
+        self.spatial_stride1_stages = tuple(sorted(set(spatial_stride1_stages)))
         chans = stage_channels(width)
         self.out_channels = chans[-1]
         self.conv1 = nn.Conv3d(in_channels, chans[0], 7, stride=(1, 2, 2), padding=3, bias=False)
@@ -143,7 +159,9 @@ class R3D(nn.Module):
         self.stages = nn.ModuleList()
         cin = chans[0]
         for i, (n, cout) in enumerate(zip(BLOCKS[depth], chans)):
-            stride = 1 if i == 0 else 2
+            stride = (1, 1, 1) if i == 0 else (2, 2, 2)
+            if i + 1 in self.spatial_stride1_stages:
+                stride = (2, 1, 1)
             blocks = [BasicBlock(cin, cout, stride, norm)] + [
                 BasicBlock(cout, cout, 1, norm) for _ in range(n - 1)
             ]
@@ -182,7 +200,8 @@ class R3D(nn.Module):
         h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)  # conv1
         h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)  # maxpool
         for i in STRIDED_STAGES:
-            h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
+            if i not in self.spatial_stride1_stages:
+                h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
             if i not in stride1_stages:
                 t = down(t, 3, 2, 1)
         return t, h, w
