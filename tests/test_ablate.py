@@ -266,3 +266,30 @@ def test_calibration_adds_the_demo_gate_per_row_and_seed(tmp_path, diag, capsys)
     path.write_text("{not json")
     assert ablate.main(argv, train_fn=fake, **diag) == 2
     assert f"--calibration {path}: cannot read it" in capsys.readouterr().err
+
+
+def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
+    """--config: each run's config equals the file's (nested keys included) plus the row's and
+    the run's own overrides; a command-line override still wins over the file; a bad file fails
+    before training with one line naming it."""
+    cfg_file = tmp_path / "base.yaml"
+    cfg_file.write_text(
+        "out_dir: ignored\nthreads: 1\nepochs: 3\naugment:\n  size: 64\n  local_area: [0.3, 0.7]\n"
+        "spatial_stride1_stages: [4]\nshapes: {train_per_class: 5}\n"
+    )
+    fake, calls = _fake({0: 50.0})
+    out = str(tmp_path / "abl")
+    argv = ["table7", "--config", str(cfg_file), "--seeds", "0", "--out", out, "--rows", "l_rc", "--no-plot"]
+    assert ablate.main([*argv, "epochs=2"], train_fn=fake, **diag) == 0
+    (ov,) = calls
+    cfg = load_config(None, ov)
+    ref = load_config(str(cfg_file), ["epochs=2", "nce=false", "rc=true", "mi=false", "td=false"])
+    assert cfg.augment == ref.augment and cfg.shapes == ref.shapes
+    assert (cfg.threads, cfg.epochs, cfg.spatial_stride1_stages) == (1, 2, [4])
+    assert cfg.out_dir == os.path.join(out, "table7", "l_rc", "seed0")
+    assert (cfg.rc.enabled, cfg.mi.enabled, cfg.td.enabled) == (True, False, False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("augment: [unclosed\n")
+    assert ablate.main(["table7", "--config", str(bad), "--out", out], train_fn=fake, **diag) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and len(err.strip().splitlines()) == 1 and len(calls) == 1
