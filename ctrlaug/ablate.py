@@ -288,6 +288,7 @@ def compact_diagnostics(d: dict) -> dict:
         "lowlevel_chance": d["level"]["applied"]["mean_chance"],
         "arrow": d["arrow"]["top1"],
         "focus": d["focus"]["ratio"],
+        "focus_control": d["focus"].get("control"),
         "factors_knn": {k: v["knn"] for k, v in d["factors"].items()},
     }
 

@@ -65,6 +65,7 @@ from ctrlaug.augment import (
     apply_views,
     level_components,
     low_level_augment,
+    rgb_to_hsv,
     sample_eval_views,
     sample_level_params,
 )
@@ -76,6 +77,9 @@ from ctrlaug.utils.threads import one_thread
 
 __all__ = [
     "LEVEL_COMPONENTS",
+    "shuffled_pairing",
+    "lowlevel_descriptor",
+    "level_premise",
     "centre_clip",
     "reverse_clip",
     "video_split",
@@ -227,6 +231,18 @@ def reversal_decodability(
     return fit_factor_probes(xtr, ytr, xte, yte, {"order": 2}, epochs=epochs, seed=seed)["order"]
 
 
+def shuffled_pairing(n: int, seed: int = 0) -> torch.Tensor:
+    """int64 [n]: a seeded permutation with no fixed point (clip i is paired with another clip's
+    mask), the shuffled-mask control of the focus ratio. n >= 2."""
+    if n < 2:
+        raise ValueError(f"shuffled_pairing needs at least 2 clips, got {n}")
+    g = torch.Generator().manual_seed(seed + 7919)
+    perm = torch.randperm(n, generator=g)
+    out = torch.empty(n, dtype=torch.int64)
+    out[perm] = perm.roll(1)  # a single cycle through a random order: never i -> i
+    return out
+
+
 def masks_to_grid(masks: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """Object masks [N, F, S, S] (bool or fractions) -> the fraction of each cell of the feature
     grid [N, T', H', W'] that the object covers (area average; exact when the grid divides)."""
@@ -258,6 +274,75 @@ def focus_ratio(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tens
     bad = (energy <= 0) | (area <= 0)
     nan = torch.full_like(ratio, math.nan)
     return {"ratio": ratio.where(~bad, nan), "inside": inside.where(~bad, nan), "area": area}
+
+
+def lowlevel_descriptor(x: torch.Tensor) -> torch.Tensor:
+    """A purely low-level, hand-made description of clips: float [N, 3, F, H, W] in [0, 1] ->
+    float [N, 11]: per-channel mean and standard deviation (6), mean and standard deviation of the
+    HSV saturation (2), the circular mean of the hue weighted by saturation (cos, sin: 2) and the
+    gradient energy (mean |dx| + |dy| of the grey image: 1). No learning: what a low-level
+    shortcut can see without any semantics."""
+    if x.dim() != 5 or x.shape[1] != 3:
+        raise ValueError(f"lowlevel_descriptor: clips [N, 3, F, H, W] expected, got {tuple(x.shape)}")
+    x = x.float()
+    flat = x.flatten(2)
+    hsv = rgb_to_hsv(x, dim=1).flatten(2)
+    hue, sat = hsv[:, 0] * (2 * math.pi), hsv[:, 1]
+    w = sat / sat.sum(1, keepdim=True).clamp_min(1e-6)
+    grey = x.mean(1)
+    grad = (grey.diff(dim=-1).abs().mean((1, 2, 3)) + grey.diff(dim=-2).abs().mean((1, 2, 3)))[:, None]
+    return torch.cat(
+        [
+            flat.mean(2),
+            flat.std(2),
+            sat.mean(1, keepdim=True),
+            sat.std(1, keepdim=True),
+            (w * hue.cos()).sum(1, keepdim=True),
+            (w * hue.sin()).sum(1, keepdim=True),
+            grad,
+        ],
+        1,
+    )
+
+
+def level_premise(
+    cfg, *, videos: int = 256, levels: int = 4, split: str = "val", seed: int = 0, probe_epochs: int = 200
+) -> dict:
+    """Do views of one tau_l level share low-level statistics (the premise of L_mi, paper §3.2)?
+
+    Each centre clip of ``videos`` videos of the shapes benchmark's ``split`` is rendered at
+    ``levels`` random levels of ``cfg.augment`` (parameters drawn inside each level, as in
+    training), and a linear probe reads every level component from :func:`lowlevel_descriptor` of
+    the augmented views (train / test halves by video). No encoder is involved: this measures the
+    level *definition* (``augment.signed_levels``), not a network. Returns ``{component: {top1,
+    train_top1, chance}}`` plus ``mean_top1``/``mean_chance`` and the setting (%, chance = majority
+    bin). Near chance means a level does not fix the low-level statistics of its views.
+    """
+    aug = cfg.augment
+    shapes, _ = _shapes_of(cfg)
+    n = _pick(shapes, split, videos)
+    g = torch.Generator().manual_seed(seed)
+    lev = torch.randint(aug.num_levels, (n, levels), generator=g)
+    params = sample_level_params(lev.flatten(), aug, generator=g)
+    desc = []
+    for i0 in range(0, n, 32):
+        clips, _, _ = _render(shapes, split, range(i0, min(n, i0 + 32)), aug)
+        x = to_unit(clips)
+        B = len(x)
+        p = params.select(slice(i0 * levels, (i0 + B) * levels))
+        xv = low_level_augment(x.repeat_interleave(levels, 0), p, max_kernel=aug.max_blur_kernel)
+        desc.append(lowlevel_descriptor(xv).view(B, levels, -1))
+    feats = torch.cat(desc)
+    half = video_split(n, seed)
+    mu, sd = feats[half].flatten(0, 1).mean(0), feats[half].flatten(0, 1).std(0).clamp_min(1e-8)
+    with one_thread():
+        res = level_decodability((feats - mu) / sd, lev, half, aug, epochs=probe_epochs, seed=seed)
+    res["mean_top1"] = float(np.mean([res[k]["top1"] for k in LEVEL_COMPONENTS]))
+    res["mean_chance"] = float(np.mean([res[k]["chance"] for k in LEVEL_COMPONENTS]))
+    res.update(
+        split=split, videos=n, levels_per_video=levels, signed_levels=bool(aug.signed_levels), seed=seed
+    )
+    return res
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,8 +464,11 @@ def diagnose(
     with one_thread():
         level, arrow, factors = _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, probe_epochs, seed)
     grid = tuple(te["maps"].shape[1:])
-    foc = focus_ratio(te["maps"], masks_to_grid(te["masks"], grid))
+    cover = masks_to_grid(te["masks"], grid)
+    foc = focus_ratio(te["maps"], cover)
     ok = torch.isfinite(foc["ratio"])
+    ctrl = focus_ratio(te["maps"], cover[shuffled_pairing(len(cover), seed)])["ratio"]
+    ctrl = ctrl[torch.isfinite(ctrl)]
     res = {
         "benchmark": "shapes",
         "config_dataset": getattr(cfg, "dataset", "shapes"),
@@ -403,6 +491,9 @@ def diagnose(
             "area": float(foc["area"].mean() * 100),
             "clips": int(ok.sum()),
             "grid": list(grid),
+            # the same maps scored against another clip's object mask: what a positional prior
+            # alone gives (1 when maps ignore where objects usually are)
+            "control": float(ctrl.mean()) if len(ctrl) else None,
         },
         "factors": factors,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -486,7 +577,8 @@ def summary_line(res: dict) -> str:
     return (
         f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | applied low-level "
         f"{lv['applied']['mean_top1']:.1f}% (chance {lv['applied']['mean_chance']:.1f}) | arrow "
-        f"{res['arrow']['top1']:.1f}% (chance 50) | focus {_fmt(fo['ratio'], 2)} | "
+        f"{res['arrow']['top1']:.1f}% (chance 50) | focus {_fmt(fo['ratio'], 2)} "
+        f"(shuffled-mask control {_fmt(fo.get('control'), 2)}) | "
         + " ".join(f"{k} {v['linear']:.1f}/{v['knn']:.1f}" for k, v in res["factors"].items())
         + f" (linear/knn %) | {res['seconds']:.1f} s"
     )
@@ -539,7 +631,8 @@ def to_markdown(res: dict) -> str:
         "",
         f"focus ratio {_fmt(fo['ratio'], 3)} (std {_fmt(fo['ratio_std'], 3)} over {fo['clips']} clips); "
         f"{_fmt(fo['inside'], 1)}% of the CAAM energy on an object covering {fo['area']:.1f}% of the "
-        f"{'x'.join(map(str, fo['grid']))} feature grid",
+        f"{'x'.join(map(str, fo['grid']))} feature grid; shuffled-mask control (each map against "
+        f"another clip's mask) {_fmt(fo.get('control'), 3)}",
         "",
         "## Factors (one centre clip per video)",
         "",

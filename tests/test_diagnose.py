@@ -267,3 +267,65 @@ def test_a_config_of_another_dataset_is_diagnosed_on_shapes_and_says_so():
     assert res["benchmark"] == "shapes" and res["config_dataset"] == "synthetic"
     assert "synthetic" in res["note"] and res["videos"] == 8
     _in_range(res)
+
+
+def test_focus_control_is_one_for_shuffled_masks_and_the_pairing_has_no_fixed_point():
+    """The shuffled-mask control: maps that track the object exactly score 1 / area (16 on a 4x4
+    grid with one-cell objects); the same maps scored against another clip's mask score 1 on
+    average, since the object's cell is independent of the map; a map that ignores the object
+    (uniform) scores 1 both ways."""
+    from ctrlaug.diagnose import shuffled_pairing
+
+    n = 4000
+    g = torch.Generator().manual_seed(0)
+    cell = torch.randint(16, (n,), generator=g)
+    masks = torch.nn.functional.one_hot(cell, 16).float().view(n, 1, 4, 4)
+    pair = shuffled_pairing(n, seed=0)
+    assert sorted(pair.tolist()) == list(range(n)) and not (pair == torch.arange(n)).any()
+    on = focus_ratio(masks, masks)["ratio"]
+    assert torch.allclose(on, torch.full((n,), 16.0))
+    control = focus_ratio(masks, masks[pair])["ratio"].mean().item()
+    assert abs(control - 1.0) < 0.25, control
+    uniform = focus_ratio(torch.ones(n, 1, 4, 4), masks[pair])["ratio"]
+    assert torch.allclose(uniform, torch.ones(n))
+    with pytest.raises(ValueError, match="at least 2"):
+        shuffled_pairing(1)
+
+
+def test_signed_level_features_decode_the_signed_levels_and_random_ones_do_not():
+    """With augment.signed_levels the L_mi level of a view is a signed bin; features that carry
+    those bins (one-hot, plus noise) read them near 100%, random features near chance."""
+    aug = AugmentConfig(signed_levels=True)
+    n, v = 200, 4
+    lev = _levels(n, v, aug)
+    comps = level_components(lev, aug)
+    g = torch.Generator().manual_seed(5)
+    onehot = torch.cat(
+        [torch.nn.functional.one_hot(c, k).float() for c, k in zip(comps, aug.level_counts)], -1
+    )
+    carries = onehot + 0.05 * torch.randn(onehot.shape, generator=g)
+    train = video_split(n, 0)
+    good = level_decodability(carries, lev, train, aug)
+    rand = level_decodability(torch.randn(onehot.shape, generator=g), lev, train, aug)
+    for k in LEVEL_COMPONENTS:
+        assert good[k]["top1"] > 95, (k, good[k])
+        assert rand[k]["top1"] < good[k]["chance"] + 15, (k, rand[k])
+
+
+def test_level_premise_the_signed_reading_shares_low_level_statistics_the_unsigned_does_not():
+    """L_mi's premise (paper §3.2): views of one level share low-level statistics. A hand-made
+    descriptor (channel means/stds, saturation, hue, gradient energy) reads the signed brightness
+    and contrast bins well above chance, and the unsigned bins (random sign) at chance."""
+    from ctrlaug.diagnose import level_premise, lowlevel_descriptor
+
+    over = ["augment.size=32"]
+    res = {}
+    for signed in (False, True):
+        cfg = load_config(None, [*over, f"augment.signed_levels={str(signed).lower()}"])
+        res[signed] = level_premise(cfg, videos=160, levels=4, split="val", probe_epochs=150)
+    for k in ("brightness", "contrast"):
+        assert res[True][k]["top1"] > res[True][k]["chance"] + 12, (k, res[True][k])
+        assert res[False][k]["top1"] < res[False][k]["chance"] + 10, (k, res[False][k])
+    assert res[True]["signed_levels"] and not res[False]["signed_levels"]
+    with pytest.raises(ValueError, match="clips"):
+        lowlevel_descriptor(torch.zeros(2, 1, 4, 8, 8))

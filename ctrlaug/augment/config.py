@@ -76,8 +76,10 @@ class AugmentConfig:
     )
     signed_levels: bool = opt(
         False,
-        "False: bins over |strength| with a random sign (paper); True: bins over the signed range "
-        "[-max, max], so the sign is part of the level",
+        "the paper bins [0, max] without saying whether a level fixes the sign (our reading either way): "
+        "False: bins over |strength| with a random sign (views of one level may be brighter or darker); "
+        "True: bins over the signed range [-max, max], so views of one level share low-level "
+        "statistics (measured: docs/ablation.md, level reading)",
     )
     levels_per_step: int = opt(32, "distinct levels drawn per training step (paper: 32)", min=1)
     min_views_per_level: int = opt(
