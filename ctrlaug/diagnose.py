@@ -661,6 +661,7 @@ class DiagnoseOptions:
     out: str | None = None  # default: the checkpoint's run folder
     threads: int = 0  # torch CPU threads (0 = default)
     device: str = "auto"
+    order: bool = False  # the L_td order study instead of the four measurements (order.json)
 
 
 def run(opts: DiagnoseOptions, log=print) -> dict:
@@ -672,11 +673,177 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
         raise EvalError(f"--videos must be >= 4, got {opts.videos}")
     device = resolve_device(opts.device)
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, opts.set)
+    if opts.order:
+        return _run_order(opts, enc, cfg, ckpt, device, log)
     res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
     res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     stem = write_report(res, os.path.join(out, "diagnose" + ("_random" if opts.random_init else "")))
     log(summary_line(res) + f" -> {stem}.json")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# L_td: is clip order decodable from the features at all?
+
+
+@torch.no_grad()
+def order_features(
+    obj: nn.Module,
+    cfg,
+    *,
+    videos: int = 256,
+    split: str | None = None,
+    seed: int = 0,
+    batch: int = 16,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Pooled features of pretraining-style views of held-out videos, as L_td sees them.
+
+    ``obj``: a :class:`~ctrlaug.losses.CtrlAugObjective` (its encoder runs f on the K clips and f'
+    on the global view); views are sampled exactly as in pretraining (tau_p of ``cfg.augment``,
+    clip k's centre in the k-th segment of the video) with tau_l at seeded random levels.
+    Returns ``{"clips": [N, K, C] in temporal order, "global": [N, C], "t_centre": [N, K]}``.
+    """
+    from ctrlaug.augment import augment_batch, sample_batch_levels
+    from ctrlaug.data import build_train_dataset, collate_views
+
+    dev = torch.device(device)
+    ds = build_train_dataset(cfg, split or cfg.probe_split)
+    ds.set_epoch(0)
+    n = min(int(videos), len(ds))
+    g = torch.Generator().manual_seed(seed)
+    was = obj.training
+    obj.eval().to(dev)
+    out = {"clips": [], "global": [], "t_centre": []}
+    try:
+        for i0 in range(0, n, batch):
+            b = collate_views([ds[i] for i in range(i0, min(n, i0 + batch))], levels=False)
+            B, V = b["boxes"].shape[:2]
+            levels, params = sample_batch_levels(B, V, cfg.augment, g)
+            views = normalize_input(
+                augment_batch(dict(b, levels=levels, lowlevel=params), dev, cfg=cfg.augment)
+            )
+            fc, fg = obj.encode(views[:, 1:].flatten(0, 1), views[:, 0])
+            out["clips"].append(pool(fc.float()).view(B, V - 1, -1).cpu())
+            out["global"].append(pool(fg.float()).cpu())
+            out["t_centre"].append(b["boxes"][:, 1:, :2].mean(-1).float())
+    finally:
+        obj.train(was)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _order_pairs(z: torch.Tensor, g: torch.Tensor, gen: torch.Generator):
+    """Each sequence in its true order (label 1) and one deranged order of it (label 0)."""
+    from ctrlaug.losses import random_derangement_orders
+
+    N, K, C = z.shape
+    orders = random_derangement_orders(N, K, gen)
+    shuffled = torch.gather(z, 1, orders[:, :, None].expand(N, K, C))
+    return torch.cat([z, shuffled]), torch.cat([g, g]), torch.cat([torch.ones(N), torch.zeros(N)])
+
+
+def order_decodability(
+    clips: torch.Tensor,
+    glob: torch.Tensor,
+    train: torch.Tensor,
+    *,
+    use_global: bool = True,
+    hidden: int = 128,
+    epochs: int = 300,
+    seed: int = 0,
+) -> dict:
+    """Train a fresh order classifier on frozen features: ordered vs deranged clip sequences.
+
+    clips float [N, K, C] (true temporal order), glob float [N, C], train bool [N] (videos whose
+    sequences train the classifier; the others test it). The classifier is an MLP on the
+    standardised concatenation [z_1 .. z_K (, g)] (``use_global``), full-batch Adam on the logistic
+    loss. Returns ``{"top1", "train_top1", "chance": 50}`` (%): every test video contributes one
+    ordered and one deranged sequence of the same clips, so features blind to clip order score 50.
+    """
+    N, K, C = clips.shape
+    gen = torch.Generator().manual_seed(seed)
+    zs, gs, y = _order_pairs(clips.float(), glob.float(), gen)
+    x = torch.cat([zs.flatten(1), gs], 1) if use_global else zs.flatten(1)
+    tr = torch.cat([train, train]).bool()
+    mu, sd = x[tr].mean(0), x[tr].std(0).clamp_min(1e-6)
+    x = (x - mu) / sd
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(net(x[tr])[:, 0], y[tr]).backward()
+            opt.step()
+    with torch.no_grad():
+        pred = (net(x)[:, 0] > 0).float()
+    acc = lambda m: float((pred[m] == y[m]).float().mean() * 100)  # noqa: E731
+    return {"top1": acc(~tr), "train_top1": acc(tr), "chance": 50.0}
+
+
+@torch.no_grad()
+def order_head_score(obj: nn.Module, clips: torch.Tensor, glob: torch.Tensor, seed: int = 0) -> dict | None:
+    """The run's own trained L_td head on held-out features: its bound estimate and how often it
+    scores the true order above a deranged one (``td_acc``, chance 50). None without an L_td head."""
+    td = getattr(obj, "td", None)
+    if td is None:
+        return None
+    was = td.training
+    td.eval()
+    try:
+        r = td(clips.float(), glob.float(), torch.Generator().manual_seed(seed))
+    finally:
+        td.train(was)
+    return {k: float(v) * (100 if k == "td_acc" else 1) for k, v in r.items() if k != "loss"}
+
+
+def order_study(obj: nn.Module, cfg, *, videos: int = 256, seed: int = 0, device="cpu") -> dict:
+    """Why does L_td's bound stay at 0? On pretraining-style views of held-out videos: the run's
+    own order head (:func:`order_head_score`), and fresh classifiers trained on the frozen pooled
+    features to tell the true clip order from a deranged one, with and without the global feature
+    (:func:`order_decodability`). Also the geometry: the mean time between consecutive clip centres
+    (fraction of the video)."""
+    feats = order_features(obj, cfg, videos=videos, seed=seed, device=device)
+    half = video_split(len(feats["clips"]), seed)
+    gaps = feats["t_centre"].diff(dim=1)
+    with one_thread():
+        res = {
+            "videos": len(feats["clips"]),
+            "clips": cfg.augment.num_clips,
+            "trained_head": order_head_score(obj, feats["clips"], feats["global"], seed),
+            "probe_clips_and_global": order_decodability(feats["clips"], feats["global"], half, seed=seed),
+            "probe_clips_only": order_decodability(
+                feats["clips"], feats["global"], half, use_global=False, seed=seed
+            ),
+            "clip_centre_gap": {"mean": float(gaps.mean()), "min": float(gaps.min())},
+            "seed": seed,
+        }
+    return res
+
+
+def _run_order(opts: DiagnoseOptions, enc, cfg, ckpt, device, log) -> dict:
+    from ctrlaug.train import build_objective
+    from ctrlaug.utils.checkpoint import load_checkpoint
+
+    torch.manual_seed(cfg.seed + 1 if opts.random_init else cfg.seed)
+    obj = build_objective(cfg)
+    obj.encoder = enc
+    if ckpt and not opts.random_init:
+        obj.load_state_dict(load_checkpoint(ckpt)["model"])
+    res = order_study(obj, cfg, videos=opts.videos, seed=opts.seed, device=device)
+    res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
+    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "order" + ("_random" if opts.random_init else "") + ".json")
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+    th = res["trained_head"]
+    log(
+        f"order: trained head td_acc {_fmt(th and th.get('td_acc'), 1)}% bound {_fmt(th and th.get('mi_td'), 3)} | "
+        f"fresh probe {res['probe_clips_and_global']['top1']:.1f}% (clips only "
+        f"{res['probe_clips_only']['top1']:.1f}%, chance 50) -> {path}"
+    )
     return res
 
 
@@ -702,6 +869,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the checkpoint's run folder)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument(
+        "--order",
+        action="store_true",
+        help="the L_td order study instead: can clip order be read from the frozen features? (order.json)",
+    )
     return p
 
 
