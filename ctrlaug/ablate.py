@@ -313,14 +313,15 @@ def diagnose_run(run_folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
 
 def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
     """The default ``diagnose_random_fn``: the same diagnostics for the random-init encoder the
-    probe compares against (seed + 1)."""
+    probe compares against (the first init of the seed's floor, ctrlaug.floor)."""
     import torch
 
     from ctrlaug.config import load_config
+    from ctrlaug.floor import random_init_seed
     from ctrlaug.models import build_encoder
 
     cfg = load_config(None, overrides)
-    torch.manual_seed(cfg.seed + 1)
+    torch.manual_seed(random_init_seed(cfg.seed))
     return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages), videos)
 
 

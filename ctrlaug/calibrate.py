@@ -33,6 +33,7 @@ import torch
 
 from ctrlaug.config import ConfigError, TrainConfig, config_to_dict, load_config
 from ctrlaug.evaluate import finetune
+from ctrlaug.floor import mean_spread, random_init_seed
 from ctrlaug.models import build_encoder
 from ctrlaug.probe import factor_probe
 from ctrlaug.train import probe_datasets
@@ -110,7 +111,7 @@ def supervised_ceiling(
 def random_init_floor(cfg: TrainConfig, *, seed: int = 0) -> dict[str, dict[str, float]]:
     """Linear probe of every factor on a random-init encoder (the demo's probe protocol)."""
     train_set, test_set = probe_datasets(cfg)
-    torch.manual_seed(seed + 1)  # the same init the demo's random-init baseline uses
+    torch.manual_seed(random_init_seed(seed))  # the first init of the run of `seed` (ctrlaug.floor)
     enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -187,10 +188,10 @@ def to_markdown(res: dict) -> str:
     def cell(xs):
         if not xs:
             return "-"
-        m = sum(xs) / len(xs)
+        ms = mean_spread(xs)
         if len(xs) == 1:
-            return f"{m:.1f}"
-        return f"{m:.1f} ({min(xs):.1f}-{max(xs):.1f})"
+            return f"{ms['mean']:.1f}"
+        return f"{ms['mean']:.1f} ± {ms['std']:.1f} ({ms['min']:.1f}-{ms['max']:.1f})"
 
     lines = [
         f"Calibration of `{res['dataset']}` (primary factor: {res['primary']}; {res['steps']} steps; "

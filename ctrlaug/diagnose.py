@@ -71,6 +71,7 @@ from ctrlaug.augment import (
 )
 from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
 from ctrlaug.evaluate import EvalError, load_encoder, resolve_device, run_cli
+from ctrlaug.floor import FLOOR_INITS, mean_spread
 from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes, knn_top1
 from ctrlaug.utils.threads import one_thread
@@ -644,6 +645,16 @@ def to_markdown(res: dict) -> str:
         f"| {v['knn']:.1f} | {v['chance']:.1f} |"
         for k, v in res["factors"].items()
     ]
+    if res.get("floor"):
+        n = next(iter(res["floor"].values()))["n"]
+        lines += [
+            "",
+            f"## Random-init floor over {n} inits (ctrlaug.floor; the numbers above are the first)",
+            "",
+        ]
+        lines += ["| measure | mean ± std | min-max |", "|---|---|---|"]
+        for k, v in res["floor"].items():
+            lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {v['min']:.2f}-{v['max']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -677,6 +688,19 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
         return _run_order(opts, enc, cfg, ckpt, device, log)
     res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
     res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
+    if opts.random_init:  # the floor over FLOOR_INITS random inits (ctrlaug.floor), the first above
+        more = [
+            diagnose(
+                load_encoder(opts.checkpoint, opts.config, True, opts.set, init=i)[0],
+                cfg,
+                videos=opts.videos,
+                levels=opts.levels,
+                seed=opts.seed,
+                device=device,
+            )
+            for i in range(1, FLOOR_INITS)
+        ]
+        res["floor"] = floor_summary([res, *more])
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     stem = write_report(res, os.path.join(out, "diagnose" + ("_random" if opts.random_init else "")))
     log(summary_line(res) + f" -> {stem}.json")
@@ -845,6 +869,27 @@ def _run_order(opts: DiagnoseOptions, enc, cfg, ckpt, device, log) -> dict:
         f"{res['probe_clips_only']['top1']:.1f}%, chance 50) -> {path}"
     )
     return res
+
+
+def floor_summary(results: list[dict]) -> dict:
+    """Mean and spread (:func:`ctrlaug.floor.mean_spread`) of the headline numbers of several
+    :func:`diagnose` results (the random-init floor over its inits)."""
+
+    def pick(r: dict) -> dict[str, float | None]:
+        out = {
+            "level": r["level"]["mean_top1"],
+            "lowlevel": r["level"]["applied"]["mean_top1"],
+            "arrow": r["arrow"]["top1"],
+            "focus": r["focus"]["ratio"],
+            "focus_control": r["focus"].get("control"),
+        }
+        out.update({f"{k}_linear": v["linear"] for k, v in r["factors"].items()})
+        return out
+
+    rows = [pick(r) for r in results]
+    return {
+        k: mean_spread([row[k] for row in rows]) for k in rows[0] if all(row[k] is not None for row in rows)
+    }
 
 
 def write_report(res: dict, stem: str) -> str:

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ctrlaug.data import build_train_dataset
+from ctrlaug.floor import random_init_seed
 from ctrlaug.models import build_encoder, pool, prepare_input
 from ctrlaug.probe import (
     clip_loader,
@@ -92,12 +93,14 @@ def load_encoder(
     config_path: str | None = None,
     random_init: bool = False,
     overrides: Sequence[str] = (),
+    init: int = 0,
 ):
     """Encoder of a pretraining checkpoint: ``(encoder, TrainConfig, checkpoint path or None)``.
 
     The model config is the checkpoint's own, or ``config_path`` (YAML) when given; the
     checkpoint's encoder weights must match it exactly, otherwise EvalError. ``random_init`` keeps
-    the freshly initialised encoder (seeded by the config's seed) as a baseline; one of the two
+    the freshly initialised encoder as a baseline (init ``init`` of the floor's seed convention,
+    :func:`ctrlaug.floor.random_init_seed`: ``seed + 1 + init``); one of the two
     must be asked for, else EvalError.
     """
     from ctrlaug.config import ConfigError, config_from_dict, load_config, migrate_saved_config
@@ -125,7 +128,8 @@ def load_encoder(
             cfg = load_config(None, list(overrides))
     except (ConfigError, OSError) as e:
         raise EvalError(f"bad config: {e}".splitlines()[0]) from None
-    torch.manual_seed(cfg.seed)
+    # a random-init encoder follows the floor's seed convention (ctrlaug.floor): init `init` of seed s
+    torch.manual_seed(random_init_seed(cfg.seed, init) if random_init else cfg.seed)
     enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
     if state is not None and not random_init:
         sd = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}

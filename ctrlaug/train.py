@@ -51,6 +51,7 @@ from ctrlaug.config import (
     save_config,
 )
 from ctrlaug.data import BadVideoLog, build_train_dataset, collate_views, get_format
+from ctrlaug.floor import FLOOR_INITS, mean_spread, random_init_seed
 from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
 from ctrlaug.probe import extract_clip_features, factor_probe, knn_top1
@@ -631,7 +632,8 @@ def probe_datasets(cfg: TrainConfig):
 
 def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) -> dict:
     """Linear probe of every labelled factor, for ``encoder`` and for a random-init encoder of the
-    same architecture (seeded ``cfg.seed + 1``).
+    same architecture (seeded ``cfg.seed + 1``), and the random-init floor over
+    :data:`ctrlaug.floor.FLOOR_INITS` such encoders (``random_init_floor``: mean and spread).
 
     Returns ``{"primary", "factors": {factor: {"trained", "random_init", "chance", "trained_train"}},
     "trained": {...}, "random_init": {...}}``; the last two hold the primary factor's
@@ -640,9 +642,12 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
     train_set, test_set = probe_datasets(cfg)
     kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
     trained = factor_probe(encoder, train_set, test_set, **kw)
-    torch.manual_seed(cfg.seed + 1)
-    rand = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).to(device)
-    random_init = factor_probe(rand, train_set, test_set, **kw)
+    inits = []  # the random-init floor over FLOOR_INITS encoders (ctrlaug.floor)
+    for i in range(FLOOR_INITS):
+        torch.manual_seed(random_init_seed(cfg.seed, i))
+        rand = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).to(device)
+        inits.append(factor_probe(rand, train_set, test_set, **kw))
+    random_init = inits[0]
     primary = train_set.primary_factor
     sizes = {"num_train": len(train_set), "num_test": len(test_set)}
     return {
@@ -651,6 +656,7 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
             f: {
                 "trained": trained[f]["top1"],
                 "random_init": random_init[f]["top1"],
+                "random_init_floor": mean_spread([r[f]["top1"] for r in inits]),
                 "chance": trained[f]["chance"],
                 "trained_train": trained[f]["train_top1"],
             }
@@ -667,11 +673,13 @@ def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
     lines = [
         f"linear probe on {cfg.dataset}/{cfg.probe_split} ({tr['num_train']} train / {tr['num_test']} test "
         f"videos, {seconds:.0f}s), top-1 %:",
-        f"  {'factor':<12} {'trained':>8} {'random-init':>12} {'chance':>7}",
+        f"  {'factor':<12} {'trained':>8} {f'random-init ({FLOOR_INITS} inits)':>24} {'chance':>7}",
     ]
     for f, r in res["factors"].items():
         tag = "  (primary)" if f == res["primary"] else ""
-        lines.append(f"  {f:<12} {r['trained']:>8.1f} {r['random_init']:>12.1f} {r['chance']:>7.1f}{tag}")
+        fl = r.get("random_init_floor") or {"mean": r["random_init"], "std": 0.0}
+        floor = f"{fl['mean']:.1f} ± {fl['std']:.1f}"
+        lines.append(f"  {f:<12} {r['trained']:>8.1f} {floor:>24} {r['chance']:>7.1f}{tag}")
     msg = "\n".join(lines)
     print(msg)
     with open(os.path.join(cfg.out_dir, "probe.txt"), "w") as f:
@@ -679,7 +687,14 @@ def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
     out = {
         "primary": res["primary"],
         "factors": {
-            f: {k: round(r[k], 2) for k in ("trained", "random_init", "chance")}
+            f: {
+                **{k: round(r[k], 2) for k in ("trained", "random_init", "chance")},
+                **(
+                    {"random_init_floor": {k: v for k, v in r["random_init_floor"].items()}}
+                    if "random_init_floor" in r
+                    else {}
+                ),
+            }
             for f, r in res["factors"].items()
         },
         "num_train": tr["num_train"],
