@@ -721,18 +721,26 @@ def order_features(
     seed: int = 0,
     batch: int = 16,
     device: str | torch.device = "cpu",
+    clip_space: str = "own",
 ) -> dict[str, torch.Tensor]:
     """Pooled features of pretraining-style views of held-out videos, as L_td sees them.
 
     ``obj``: a :class:`~ctrlaug.losses.CtrlAugObjective` (its encoder runs f on the K clips and f'
     on the global view); views are sampled exactly as in pretraining (tau_p of ``cfg.augment``,
     clip k's centre in the k-th segment of the video) with tau_l at seeded random levels.
+    ``clip_space="global"`` is the control for the spatial crops: every clip takes the global
+    view's spatial box and flip (a temporal crop only), so where the object is in the clip follows
+    the video's time instead of an independent random crop.
     Returns ``{"clips": [N, K, C] in temporal order, "global": [N, C], "t_centre": [N, K]}``.
     """
+    if clip_space not in ("own", "global"):
+        raise ValueError(f"clip_space must be 'own' or 'global', got {clip_space!r}")
     from ctrlaug.augment import augment_batch, sample_batch_levels
     from ctrlaug.data import build_train_dataset, collate_views
 
     dev = torch.device(device)
+    if clip_space == "global":  # crop on the device from the frames, with the boxes edited below
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, crop_in_worker=False))
     ds = build_train_dataset(cfg, split or cfg.probe_split)
     ds.set_epoch(0)
     n = min(int(videos), len(ds))
@@ -744,6 +752,10 @@ def order_features(
         for i0 in range(0, n, batch):
             b = collate_views([ds[i] for i in range(i0, min(n, i0 + batch))], levels=False)
             B, V = b["boxes"].shape[:2]
+            if clip_space == "global":
+                boxes = b["boxes"].clone()
+                boxes[:, 1:, 2:] = boxes[:, :1, 2:]  # y, x extents and flip of the global view
+                b = dict(b, boxes=boxes)
             levels, params = sample_batch_levels(B, V, cfg.augment, g)
             views = normalize_input(
                 augment_batch(dict(b, levels=levels, lowlevel=params), dev, cfg=cfg.augment)
@@ -829,6 +841,7 @@ def order_study(obj: nn.Module, cfg, *, videos: int = 256, seed: int = 0, device
     (:func:`order_decodability`). Also the geometry: the mean time between consecutive clip centres
     (fraction of the video)."""
     feats = order_features(obj, cfg, videos=videos, seed=seed, device=device)
+    same = order_features(obj, cfg, videos=videos, seed=seed, device=device, clip_space="global")
     half = video_split(len(feats["clips"]), seed)
     gaps = feats["t_centre"].diff(dim=1)
     with one_thread():
@@ -840,6 +853,7 @@ def order_study(obj: nn.Module, cfg, *, videos: int = 256, seed: int = 0, device
             "probe_clips_only": order_decodability(
                 feats["clips"], feats["global"], half, use_global=False, seed=seed
             ),
+            "probe_clips_in_global_crop": order_decodability(same["clips"], same["global"], half, seed=seed),
             "clip_centre_gap": {"mean": float(gaps.mean()), "min": float(gaps.min())},
             "seed": seed,
         }
@@ -866,7 +880,8 @@ def _run_order(opts: DiagnoseOptions, enc, cfg, ckpt, device, log) -> dict:
     log(
         f"order: trained head td_acc {_fmt(th and th.get('td_acc'), 1)}% bound {_fmt(th and th.get('mi_td'), 3)} | "
         f"fresh probe {res['probe_clips_and_global']['top1']:.1f}% (clips only "
-        f"{res['probe_clips_only']['top1']:.1f}%, chance 50) -> {path}"
+        f"{res['probe_clips_only']['top1']:.1f}%; clips in the global crop "
+        f"{res['probe_clips_in_global_crop']['top1']:.1f}%; chance 50) -> {path}"
     )
     return res
 
