@@ -43,6 +43,8 @@ const char* isa_name(Isa isa) {
       return "blas";
     case Isa::portable:
       return "portable";
+    case Isa::emu512:
+      return "emu512";
   }
   return "?";
 }
@@ -66,6 +68,10 @@ bool isa_supported(Isa isa, std::string* why) {
       return true;
     case Isa::portable:
       return true;
+    case Isa::emu512:
+      if (emu512_kernels() == nullptr) return no("this build has no x86-64 SIMD paths (not x86-64 GCC/Clang)");
+      if (!cpu_has_avx2_fma()) return no("this CPU has no AVX2 + FMA (emu512 runs on AVX2)");
+      return true;
   }
   return no("unknown path");
 }
@@ -79,7 +85,8 @@ Isa isa_chosen() {
       TORCH_CHECK(isa_supported(isa, &why), kEnv, "=", env, " cannot run here: ", why);
       return isa;
     }
-    TORCH_CHECK(false, kEnv, "=", env, " is not a CPU path; choose one of auto, avx512, avx2, blas, portable");
+    TORCH_CHECK(false, kEnv, "=", env,
+                " is not a CPU path; choose one of auto, avx512, avx2, blas, portable, emu512");
   }
   for (Isa isa : {Isa::avx512, Isa::avx2}) {
     if (isa_supported(isa)) return isa;
@@ -95,6 +102,8 @@ const RcKernels<float>& kernels_for(Isa isa) {
       return *avx2_kernels();
     case Isa::blas:
       return *blas_kernels();
+    case Isa::emu512:
+      return *emu512_kernels();
     case Isa::portable:
       break;
   }

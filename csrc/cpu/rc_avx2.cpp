@@ -2,6 +2,11 @@
 // 8-lane __m256 vectors, compiled for avx2,fma by the target pragma below (the rest of the
 // extension is built for the baseline x86-64 ISA; csrc/cpu/isa.cpp calls this only on a CPU
 // that has both).
+//
+// Also the test path "emu512": the same rc_simd.h source with 16-lane vectors, each a pair of
+// __m256, so that the AVX-512 path's tiling (32-key panels, D padded to 16, 16-wide column strips)
+// runs and is tested on CPUs without AVX-512. Only the 16-lane primitives of rc_avx512.cpp differ
+// from it. It is never chosen unless CTRLAUG_CPU_ISA=emu512 forces it (it spills registers).
 #include "rc_kernels.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -75,6 +80,46 @@ struct V {
 }  // namespace
 }  // namespace ctrlaug::cpu::rc::avx2
 
+namespace ctrlaug::cpu::rc::emu512 {
+namespace {
+
+struct V {
+  using A = avx2::V;
+  struct reg {
+    __m256 lo, hi;
+  };
+  using mask = reg;
+  static constexpr int W = 16;
+  static reg load(const float* p) { return {A::load(p), A::load(p + 8)}; }
+  static void store(float* p, reg x) {
+    A::store(p, x.lo);
+    A::store(p + 8, x.hi);
+  }
+  static reg set1(float x) { return {A::set1(x), A::set1(x)}; }
+  static reg zero() { return {A::zero(), A::zero()}; }
+  static reg bcast(const float* p) {
+    const __m256 x = A::bcast(p);
+    return {x, x};
+  }
+  static reg fma(reg a, reg b, reg c) { return {A::fma(a.lo, b.lo, c.lo), A::fma(a.hi, b.hi, c.hi)}; }
+  static reg add(reg a, reg b) { return {A::add(a.lo, b.lo), A::add(a.hi, b.hi)}; }
+  static reg sub(reg a, reg b) { return {A::sub(a.lo, b.lo), A::sub(a.hi, b.hi)}; }
+  static reg mul(reg a, reg b) { return {A::mul(a.lo, b.lo), A::mul(a.hi, b.hi)}; }
+  static reg max(reg a, reg b) { return {A::max(a.lo, b.lo), A::max(a.hi, b.hi)}; }
+  static mask no_lanes() { return zero(); }
+  static mask nan_lanes(reg x) { return {A::nan_lanes(x.lo), A::nan_lanes(x.hi)}; }
+  static mask mask_or(mask a, mask b) { return {A::mask_or(a.lo, b.lo), A::mask_or(a.hi, b.hi)}; }
+  static bool any(mask a) { return A::any(a.lo) || A::any(a.hi); }
+  static reg exp(reg x) { return {A::exp(x.lo), A::exp(x.hi)}; }
+  static float hmax(reg v) { return A::hmax(A::max(v.lo, v.hi)); }
+  static float hsum(reg v) { return A::hsum(A::add(v.lo, v.hi)); }
+};
+
+#include "rc_simd.h"
+
+}  // namespace
+}  // namespace ctrlaug::cpu::rc::emu512
+
 #pragma GCC pop_options
 
 namespace ctrlaug::cpu::rc {
@@ -84,10 +129,18 @@ const RcKernels<float>* avx2_kernels() {
                                   &k::fwd_softmax, &k::bwd_prob};
   return &t;
 }
+
+const RcKernels<float>* emu512_kernels() {
+  namespace k = emu512;
+  static const RcKernels<float> t{"emu512",        k::NR, k::DV, true, &k::gemm_nt, &k::gemm_nn_acc,
+                                  &k::fwd_softmax, &k::bwd_prob};
+  return &t;
+}
 }  // namespace ctrlaug::cpu::rc
 
 #else
 namespace ctrlaug::cpu::rc {
 const RcKernels<float>* avx2_kernels() { return nullptr; }
+const RcKernels<float>* emu512_kernels() { return nullptr; }
 }  // namespace ctrlaug::cpu::rc
 #endif

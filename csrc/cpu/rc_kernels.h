@@ -15,6 +15,9 @@
 //             x86 wheels, which picks its own ISA at run time); the softmax and exp passes come
 //             from the widest SIMD path the CPU supports (csrc/cpu/rc_blas.cpp)
 //   portable  plain loops, vectorised by the compiler for the baseline ISA (this header)
+//   emu512    for tests only, never chosen unless forced: the avx512 path's source with each
+//             16-lane vector emulated by two AVX2 vectors (csrc/cpu/rc_avx2.cpp), so that its
+//             tiling is tested on CPUs without AVX-512
 // avx512 and avx2 share one source (csrc/cpu/rc_simd.h) over a vector-primitive struct; each is
 // its own translation unit compiled with a `#pragma GCC target` for its ISA, while the extension
 // as a whole is built for the baseline x86-64 ISA. float64 always runs the portable path.
@@ -170,12 +173,11 @@ struct Portable {
 // ------------------------------------------------------------------------------------------------
 // The paths and the run-time choice (csrc/cpu/isa.cpp)
 // ------------------------------------------------------------------------------------------------
-enum class Isa { avx512, avx2, blas, portable };
+enum class Isa { avx512, avx2, blas, portable, emu512 };
 
-// Every path, in the order the choice prefers them when CTRLAUG_CPU_ISA is not set (blas is only
-// taken when forced, see isa.cpp).
+// Every path (the automatic choice only ever takes avx512, avx2 or portable: isa_chosen).
 inline const std::vector<Isa>& all_isas() {
-  static const std::vector<Isa> v{Isa::avx512, Isa::avx2, Isa::blas, Isa::portable};
+  static const std::vector<Isa> v{Isa::avx512, Isa::avx2, Isa::blas, Isa::portable, Isa::emu512};
   return v;
 }
 const char* isa_name(Isa isa);
@@ -190,6 +192,7 @@ const RcKernels<float>& kernels_for(Isa isa);
 // table, defined in their own translation units.
 const RcKernels<float>* avx2_kernels();
 const RcKernels<float>* avx512_kernels();
+const RcKernels<float>* emu512_kernels();
 const RcKernels<float>* blas_kernels();
 bool blas_available();
 
