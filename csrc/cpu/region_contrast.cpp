@@ -1,7 +1,7 @@
 // Binding of the CPU region contrast: the ops ctrlaug::region_contrast_fwd / region_contrast_bwd
 // (schemas in csrc/ctrlaug.cpp) check their arguments, pick the instruction-set path
 // (csrc/cpu/rc_kernels.h; CTRLAUG_CPU_ISA forces one) and run the tiled drivers of
-// csrc/cpu/region_contrast_kernel.cpp. ctrlaug::cpu_isa_info reports the paths to Python
+// csrc/cpu/region_contrast_kernel.cpp. cpu_isa_info (the op ctrlaug::cpu_isa_info) reports the paths
 // (`python -m ctrlaug.ops`, the benchmark JSON).
 
 #include <ATen/ATen.h>
@@ -127,6 +127,8 @@ at::Tensor region_contrast_bwd_cpu(const at::Tensor& queries, const at::Tensor& 
   return dk;
 }
 
+}  // namespace
+
 // JSON: {"chosen": the path float32 runs now (or "error: ..." for a bad CTRLAUG_CPU_ISA),
 //        "paths": {name: "ok" or why it cannot run here}, "float64": "portable"}.
 std::string cpu_isa_info() {
@@ -154,13 +156,7 @@ std::string cpu_isa_info() {
   return "{\"chosen\": " + quote(chosen) + ", \"paths\": {" + paths + "}, \"float64\": \"portable\"}";
 }
 
-}  // namespace
 }  // namespace ctrlaug::cpu
-
-TORCH_LIBRARY_FRAGMENT(ctrlaug, m) {
-  // Which instruction-set path the CPU region contrast runs, as a JSON string (no tensors).
-  m.def("cpu_isa_info() -> str", &ctrlaug::cpu::cpu_isa_info);
-}
 
 TORCH_LIBRARY_IMPL(ctrlaug, CPU, m) {
   m.impl("region_contrast_fwd", &ctrlaug::cpu::region_contrast_fwd_cpu);
