@@ -4,6 +4,7 @@ against the spec for values and gradients (docs/design.md §4 tolerance rule).""
 from __future__ import annotations
 
 import os
+import platform
 import warnings
 
 import pytest
@@ -576,6 +577,9 @@ def test_cpu_paths_are_the_ones_the_extension_reports():
     info = cpu_isa()
     assert tuple(info["paths"]) == CPU_PATHS
     assert info["paths"]["portable"] == "ok" and info["float64"] == "portable"
+    if platform.machine() in ("x86_64", "AMD64"):  # the SIMD paths are compiled in, whatever the CPU
+        for name in ("avx512", "avx2", "emu512"):
+            assert "this build has no" not in info["paths"][name], info["paths"][name]
 
 
 def test_cpu_path_auto_takes_the_widest_supported(monkeypatch):
