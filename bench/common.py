@@ -75,19 +75,22 @@ ISA_FLAGS = (
 def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU's model name and which of ISA_FLAGS it reports (Linux /proc/cpuinfo; else the
     platform's processor string and no flags)."""
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags, fields = platform.processor() or platform.machine(), [], {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, val = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = val.strip()
-                elif key.strip() == "flags":
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = val.strip()
+                elif key == "flags":
                     have = set(val.split())
                     flags = [x for x in ISA_FLAGS if x in have]
                     break
     except OSError:
         pass
+    if "model name" in fields:  # a VM may show only "AMD EPYC": the family and model say which
+        model = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
     return model, flags
 
 
