@@ -1,7 +1,7 @@
 """Build of the compiled extension ``ctrlaug._C`` (C++ CPU always, CUDA when available).
 
 One build, two front ends: this file and CMakeLists.txt both compile exactly the sources that
-``csrc_sources()`` lists (csrc/*.cpp, plus csrc/cuda/*.cpp and csrc/cuda/*.cu for CUDA). CMake
+``csrc_sources()`` lists (csrc/*.cpp and csrc/cpu/*.cpp, plus csrc/cuda/*.cpp and csrc/cuda/*.cu for CUDA). CMake
 reads the same globs; see README "Building".
 
 Environment switches:
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def csrc_sources(with_cuda: bool) -> list[str]:
-    src = sorted(glob.glob("csrc/*.cpp"))
+    src = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     if with_cuda:
         src += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
     return src

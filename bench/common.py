@@ -42,12 +42,56 @@ def provenance(device: torch.device) -> dict[str, object]:
             pass
     else:
         info["device"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        info["cpu_model"], info["cpu_flags"] = cpu_model_and_flags()
+        try:
+            from ctrlaug.ops._registry import cpu_isa
+
+            isa = cpu_isa()
+            info["cpp_cpu_isa"] = None if isa is None else isa["chosen"]
+        except ImportError:
+            pass
         # With glibc's dynamic mmap threshold, freed big blocks can be reused from resident heap,
         # hiding allocations from the RSS high-water mark: set it fixed for exact memory numbers.
         info["malloc_mmap_threshold"] = os.environ.get(
             "MALLOC_MMAP_THRESHOLD_", "dynamic (approximate memory)"
         )
     return info
+
+
+# The /proc/cpuinfo flags that decide which GEMM/SIMD code runs (MKL, inductor, the cpp paths).
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+)
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ISA_FLAGS it reports (Linux /proc/cpuinfo; else the
+    platform's processor string and no flags)."""
+    model, flags, fields = platform.processor() or platform.machine(), [], {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = val.strip()
+                elif key == "flags":
+                    have = set(val.split())
+                    flags = [x for x in ISA_FLAGS if x in have]
+                    break
+    except OSError:
+        pass
+    if "model name" in fields:  # a VM may show only "AMD EPYC": the family and model say which
+        model = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    return model, flags
 
 
 def load_average() -> float:

@@ -6,6 +6,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+namespace ctrlaug::cpu {
+std::string cpu_isa_info();  // csrc/cpu/region_contrast.cpp
+}
+
 extern "C" {
 // `import ctrlaug._C` loads this shared object, which runs the static registrations below.
 PyObject* PyInit__C(void) {
@@ -23,4 +29,7 @@ TORCH_LIBRARY(ctrlaug, m) {
   m.def("region_contrast_fwd(Tensor queries, Tensor keys, Tensor? queue, float tau, bool with_grad) -> (Tensor, Tensor)");
   // Dense part of dL/dkeys: dk [N, D] f32 = (1/tau) * (coef[:, None] * exp(l - lse[:, None]))^T @ q.
   m.def("region_contrast_bwd(Tensor queries, Tensor keys, Tensor lse, Tensor coef, float tau) -> Tensor");
+  // The CPU region contrast's instruction-set paths as JSON (no tensors, so one kernel for every
+  // device): {"chosen": path float32 runs now, "paths": {name: "ok" or why not}, "float64": ...}.
+  m.def("cpu_isa_info() -> str", &ctrlaug::cpu::cpu_isa_info);
 }

@@ -156,7 +156,7 @@ def test_setup_and_cmake_name_the_same_flags():
     assert "-std" not in setup and "CMAKE_CXX_STANDARD" not in cmake, "no fixed C++ standard in either"
     for flag in ("-O3", "NDEBUG", "--use_fast_math", "-lineinfo", "CTRLAUG_WITH_CUDA", "cu13"):
         assert flag in setup and flag in cmake, f"{flag} in one build front end only"
-    for glob_ in ("csrc/*.cpp", "csrc/cuda/*.cpp", "csrc/cuda/*.cu"):
+    for glob_ in ("csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/cuda/*.cpp", "csrc/cuda/*.cu"):
         assert glob_ in setup and glob_ in cmake, glob_
 
 

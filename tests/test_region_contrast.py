@@ -4,6 +4,7 @@ against the spec for values and gradients (docs/design.md §4 tolerance rule).""
 from __future__ import annotations
 
 import os
+import platform
 import warnings
 
 import pytest
@@ -544,3 +545,115 @@ def test_wide_features_run_on_cpu_and_the_triton_limit_is_named():
             region_contrast(q, k, t, owner, backend="triton")
         with pytest.raises(TypeError, match="triton' cannot run this call: .*got float64"):
             region_contrast(q.double(), k.double(), t, owner, backend="triton")
+
+
+# ------------------------------------------------------------------------------------------
+# The cpp backend's instruction-set paths (csrc/cpu/rc_kernels.h): each one the CPU supports is
+# forced with CTRLAUG_CPU_ISA and checked like the backend; the others skip with the reason.
+# ------------------------------------------------------------------------------------------
+
+CPU_PATHS = ("avx512", "avx2", "blas", "portable", "emu512")
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request, monkeypatch):
+    """Force one cpp path for the test (the C++ side reads the variable at every call)."""
+    from ctrlaug.ops._registry import CPU_ISA_ENV, cpu_isa
+
+    _skip_unless("cpp", torch.device("cpu"))
+    name = request.param
+    why = cpu_isa()["paths"][name]
+    if why != "ok":
+        pytest.skip(f"cpp path {name} cannot run here: {why}")
+    monkeypatch.setenv(CPU_ISA_ENV, name)
+    assert cpu_isa()["chosen"] == name
+    return name
+
+
+def test_cpu_paths_are_the_ones_the_extension_reports():
+    from ctrlaug.ops._registry import cpu_isa
+
+    _skip_unless("cpp", torch.device("cpu"))
+    info = cpu_isa()
+    assert tuple(info["paths"]) == CPU_PATHS
+    assert info["paths"]["portable"] == "ok" and info["float64"] == "portable"
+    if platform.machine() in ("x86_64", "AMD64"):  # the SIMD paths are compiled in, whatever the CPU
+        for name in ("avx512", "avx2", "emu512"):
+            assert "this build has no" not in info["paths"][name], info["paths"][name]
+
+
+def test_cpu_path_auto_takes_the_widest_supported(monkeypatch):
+    from ctrlaug.ops._registry import CPU_ISA_ENV, cpu_isa
+
+    _skip_unless("cpp", torch.device("cpu"))
+    monkeypatch.delenv(CPU_ISA_ENV, raising=False)
+    paths = cpu_isa()["paths"]
+    want = next(p for p in ("avx512", "avx2", "portable") if paths[p] == "ok")
+    assert cpu_isa()["chosen"] == want
+    monkeypatch.setenv(CPU_ISA_ENV, "auto")
+    assert cpu_isa()["chosen"] == want
+
+
+def test_cpu_path_switch_rejects_unknown_and_unsupported_names(monkeypatch):
+    from ctrlaug.ops._registry import CPU_ISA_ENV, cpu_isa
+
+    _skip_unless("cpp", torch.device("cpu"))
+    q, k, t, owner, _ = make_case(3, 5, 7, 2, 16, 0, dtype=torch.float32)
+    monkeypatch.setenv(CPU_ISA_ENV, "sse9")
+    with pytest.raises(
+        RuntimeError, match="CTRLAUG_CPU_ISA=sse9 is not a CPU path; choose one of auto, avx512"
+    ):
+        region_contrast(q, k, t, owner, backend="cpp")
+    assert cpu_isa()["chosen"].startswith("error: CTRLAUG_CPU_ISA=sse9")
+    missing = [p for p, why in cpu_isa()["paths"].items() if why != "ok"]
+    if not missing:
+        pytest.skip("every cpp path runs here: no unsupported one to reject")
+    monkeypatch.setenv(CPU_ISA_ENV, missing[0])
+    with pytest.raises(RuntimeError, match=f"CTRLAUG_CPU_ISA={missing[0]} cannot run here: "):
+        region_contrast(q, k, t, owner, backend="cpp")
+
+
+# every fp32 shape, and the uneven-block / key-split shapes (a queue, none)
+PATH_SHAPES = SHAPES + [(13, 23, 17, 11, 40, 0), (9, 50, 33, 9, 24, 5)]
+
+
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=_ids)
+def test_cpu_path_matches_reference_fp32(cpu_path, shape):
+    _compare("cpp", shape, torch.float32, zero_rows=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cpu_path_matches_reference_half(cpu_path, dtype):
+    _compare("cpp", SHAPES[2], dtype)
+
+
+def test_cpu_path_sharp_temperature_and_non_finite_rows(cpu_path):
+    """The building blocks at tau = 1e-3 with unnormalised features (logits up to ~1e5, a dominant
+    key per row), and a NaN query row: NaN stays in its row, every other row is finite."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(50, 72, generator=g, dtype=torch.float64) * 3
+    k = torch.randn(301, 72, generator=g, dtype=torch.float64) * 3
+    queue = torch.randn(19, 72, generator=g, dtype=torch.float64) * 3
+    tau = 1e-3
+    fwd, bwd = op_handle("cpp", "region_contrast_fwd"), op_handle("cpp", "region_contrast_bwd")
+    ref_fwd, ref_bwd = (
+        op_handle("reference", "region_contrast_fwd"),
+        op_handle("reference", "region_contrast_bwd"),
+    )
+    coef = torch.rand(50, generator=g, dtype=torch.float64)
+    lse_t, o_t = ref_fwd(q, k, queue, tau, True)
+    dk_t = ref_bwd(q, k, lse_t, coef, tau)
+    qf, kf, quf = q.float(), k.float(), queue.float()
+    lse_r, o_r = ref_fwd(qf, kf, quf, tau, True)
+    dk_r = ref_bwd(qf, kf, lse_r, coef.float(), tau)
+    lse_k, o_k = fwd(qf, kf, quf, tau, True)
+    dk_k = bwd(qf, kf, lse_k, coef.float(), tau)
+    assert float(lse_t.abs().max()) > 1e4, "the case must have large logits"
+    for name, a, r, tr in (("lse", lse_k, lse_r, lse_t), ("o", o_k, o_r, o_t), ("dk", dk_k, dk_r, dk_t)):
+        assert_rule(f"cpp-{cpu_path}/sharp/{name}", a, r, tr, torch.float32)
+    qn = qf.clone()
+    qn[7, 3] = float("nan")
+    lse_n, o_n = fwd(qn, kf, quf, 0.1, True)
+    assert torch.isnan(lse_n[7]) and torch.isnan(o_n[7]).all()
+    others = torch.arange(50) != 7
+    assert torch.isfinite(lse_n[others]).all() and torch.isfinite(o_n[others]).all()

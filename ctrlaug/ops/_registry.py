@@ -399,6 +399,26 @@ def missing_required() -> dict[str, str]:
     return out
 
 
+CPU_ISA_ENV = "CTRLAUG_CPU_ISA"
+
+
+def cpu_isa() -> dict[str, object] | None:
+    """The cpp backend's instruction-set paths here (csrc/cpu/rc_kernels.h), None without the
+    extension: ``{"chosen": path float32 runs now, or "error: ..." for a bad CTRLAUG_CPU_ISA,
+    "paths": {name: "ok" or why it cannot run here}, "float64": "portable"}``."""
+    if not (_load_extension() and hasattr(torch.ops.ctrlaug, "cpu_isa_info")):
+        return None
+    import json
+
+    return json.loads(torch.ops.ctrlaug.cpu_isa_info())
+
+
+def cpu_isa_paths() -> tuple[str, ...]:
+    """Every path name the cpp backend knows (runnable here or not); () without the extension."""
+    info = cpu_isa()
+    return tuple(info["paths"]) if info else ()
+
+
 def status() -> dict[str, object]:
     """What is built and importable here (printed by ``python -m ctrlaug.ops``)."""
     ext = _load_extension()
@@ -407,6 +427,7 @@ def status() -> dict[str, object]:
         "extension": ext,
         "extension_error": _ext_error,
         "cpp": ext and _has_kernel("region_contrast_fwd", "CPU"),
+        "cpp_cpu_isa": cpu_isa(),
         "cuda_kernels": ext and _has_kernel("region_contrast_fwd", "CUDA"),
         "cuda_device": torch.cuda.is_available(),
         "triton_installed": triton_installed(),
