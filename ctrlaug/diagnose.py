@@ -72,6 +72,7 @@ from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
 from ctrlaug.evaluate import EvalError, load_encoder, resolve_device, run_cli
 from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes, knn_top1
+from ctrlaug.utils.atomic import atomic_open
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [
@@ -590,9 +591,9 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
 def write_report(res: dict, stem: str) -> str:
     """Write ``res`` of :func:`diagnose` as ``<stem>.json`` and ``<stem>.md``; returns ``stem``."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
+    with atomic_open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
-    with open(stem + ".md", "w") as f:
+    with atomic_open(stem + ".md", "w") as f:
         f.write(to_markdown(res))
     return stem
 
