@@ -57,6 +57,7 @@ __all__ = [
 _NAME = re.compile(r"ckpt_(\d{9})\.pt$")
 REQUIRED = ("model", "optimizer", "epoch", "step", "config")
 SUM = ".sha256"
+_TRAINER_FILES = ("ckpt_", "metrics.csv.", "config.yaml.", "probe.")
 UPGRADE_HINT = "python -m ctrlaug.utils.checkpoint upgrade --trust"
 
 
@@ -321,10 +322,14 @@ def prune_checkpoints(out_dir: str, keep: int) -> None:
 
 
 def remove_stale_temp_files(out_dir: str) -> int:
-    """Remove every checkpoint temp file in ``out_dir`` (of runs that were killed while writing).
-    Only safe while holding the folder's run lock; returns how many were removed."""
+    """Remove the temp files that runs killed while writing left in ``out_dir`` (checkpoints,
+    checksums, ``metrics.csv``, ``config.yaml``, ...: ``<name>.<pid>.tmp``). Only safe while
+    holding the folder's run lock; returns how many were removed."""
     n = 0
-    for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt*.tmp")):
+    for p in glob.glob(os.path.join(out_dir, "*.tmp")):
+        name = os.path.basename(p)  # only the trainer's own files (an evaluation may write here too)
+        if not re.search(r"\.\d+\.tmp$", name) or not name.startswith(_TRAINER_FILES):
+            continue
         try:
             os.remove(p)
             n += 1
