@@ -35,6 +35,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ctrlaug.utils.atomic import atomic_open
+
 __all__ = [
     "Row",
     "TABLES",
@@ -614,9 +616,9 @@ def write_summary(summary: dict, out: str, plot: bool = True) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, summary["table"])
     paths = {"md": base + ".md", "json": base + ".json"}
-    with open(paths["md"], "w") as f:
+    with atomic_open(paths["md"], "w") as f:
         f.write(to_markdown(summary))
-    with open(paths["json"], "w") as f:
+    with atomic_open(paths["json"], "w") as f:
         json.dump(summary, f, indent=1)
     if plot:
         note = _plot(summary, base + ".png")
@@ -669,9 +671,8 @@ def run_table(
 def _write_result(d: str, res: dict) -> None:
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "result.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(res, f, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def add_diagnostics(

@@ -37,6 +37,7 @@ from ctrlaug.floor import mean_spread, random_init_seed
 from ctrlaug.models import build_encoder
 from ctrlaug.probe import factor_probe
 from ctrlaug.train import probe_datasets
+from ctrlaug.utils.atomic import atomic_open
 
 __all__ = ["supervised_ceiling", "random_init_floor", "calibrate", "gap_closed", "GATE_FRACTION", "main"]
 
@@ -227,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = a.out or os.path.join(cfg.out_dir, "calibration")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "calibration.json"), "w") as f:
+    with atomic_open(os.path.join(out, "calibration.json"), "w") as f:
         json.dump(res, f, indent=2)
     md = to_markdown(res)
-    with open(os.path.join(out, "calibration.md"), "w") as f:
+    with atomic_open(os.path.join(out, "calibration.md"), "w") as f:
         f.write(md)
     print(md + f"-> {out}/calibration.json")
     return 0

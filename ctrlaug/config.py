@@ -73,7 +73,9 @@ class TrainConfig:
     seed: int = opt(0, "seed of weights, data order, augmentations and loss sampling")
     device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
     resume: str = opt(
-        "auto", "'auto': newest good checkpoint in out_dir if any; 'none': start fresh; or a path"
+        "auto",
+        "'auto': newest good checkpoint in out_dir if any; 'none': start fresh in a folder without "
+        "checkpoints; 'fresh': start over, setting the folder's checkpoints aside; or a path",
     )
     threads: int = opt(0, "torch CPU threads per process (0 = torch's default)", min=0)
 
@@ -261,6 +263,11 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 loaded = yaml.safe_load(f) or {}
         except OSError as e:
             raise ConfigError(f"bad training config: cannot read {path}: {e}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"bad training config: {path} is not valid YAML ({what}{where})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"bad training config: {path} must hold a mapping of keys")
         values = loaded
@@ -274,8 +281,10 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    """Write the resolved config as YAML, atomically (temp file + rename: never a torn file)."""
+    from ctrlaug.utils.atomic import atomic_write
+
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def help_text() -> str:

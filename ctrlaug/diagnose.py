@@ -74,6 +74,7 @@ from ctrlaug.evaluate import EvalError, load_encoder, resolve_device, run_cli
 from ctrlaug.floor import FLOOR_INITS, mean_spread
 from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes, knn_top1
+from ctrlaug.utils.atomic import atomic_open
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [
@@ -910,9 +911,9 @@ def floor_summary(results: list[dict]) -> dict:
 def write_report(res: dict, stem: str) -> str:
     """Write ``res`` of :func:`diagnose` as ``<stem>.json`` and ``<stem>.md``; returns ``stem``."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    with open(stem + ".json", "w") as f:
+    with atomic_open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
-    with open(stem + ".md", "w") as f:
+    with atomic_open(stem + ".md", "w") as f:
         f.write(to_markdown(res))
     return stem
 

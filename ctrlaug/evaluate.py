@@ -45,6 +45,8 @@ from ctrlaug.probe import (
     knn_top1,
     retrieval_recall,
 )
+from ctrlaug.utils.atomic import atomic_open
+from ctrlaug.utils.checkpoint import CheckpointError, UnsafeFileError, safe_load, verify_checksum
 from ctrlaug.utils.device import resolve_device as _resolve_device
 
 __all__ = [
@@ -114,7 +116,10 @@ def load_encoder(
     if checkpoint:
         path = resolve_checkpoint(checkpoint)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            verify_checksum(path)  # when it has one: a damaged file is refused
+            state = safe_load(path)  # weights_only: a checkpoint never runs code
+        except CheckpointError as e:
+            raise EvalError(str(e)) from None
         except Exception as e:
             raise EvalError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
         if not isinstance(state, dict) or "model" not in state or "config" not in state:
@@ -334,15 +339,18 @@ def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_di
     path = os.path.join(cache_dir, f"features_{split}.pt") if cache_dir else None
     if path and os.path.isfile(path):
         try:
-            c = torch.load(path, weights_only=False)
-            if c.get("key") == key:
+            c = safe_load(path)  # weights_only: a planted cache never runs code
+            if isinstance(c, dict) and c.get("key") == key:
                 return c["feats"], c["labels"]
+        except UnsafeFileError as e:
+            print(f"[ctrlaug.evaluate] ignoring the feature cache, recomputing it: {e}", file=sys.stderr)
         except Exception:
             pass
     f, y = extract_clip_features(enc, ds, opts.batch_size, num_workers=opts.workers)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save({"key": key, "feats": f, "labels": y}, path)
+        with atomic_open(path, "wb") as fh:
+            torch.save({"key": key, "feats": f, "labels": y}, fh)
     return f, y
 
 
@@ -420,10 +428,10 @@ def run(opts: EvalOptions, log=print) -> dict:
     res["seconds"] = round(time.perf_counter() - t0, 2)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"eval_{opts.protocol}{suffix}")
-    with open(stem + ".json", "w") as f:
+    with atomic_open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
     metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t")}
-    with open(stem + ".md", "w") as f:
+    with atomic_open(stem + ".md", "w") as f:
         f.write(f"# {opts.protocol} evaluation\n\n")
         f.write(
             f"checkpoint: `{ckpt}`{' (random init)' if opts.random_init else ''}; dataset: {res['dataset']} "

@@ -25,14 +25,16 @@ epoch and every ``ckpt_every_steps``); ``resume=auto`` continues from the newest
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,15 +58,22 @@ from ctrlaug.losses import CtrlAugObjective, FeatureQueue
 from ctrlaug.models import build_encoder, normalize_input
 from ctrlaug.probe import extract_clip_features, factor_probe, knn_top1
 from ctrlaug.utils import dist as cdist
+from ctrlaug.utils.atomic import atomic_write
 from ctrlaug.utils.checkpoint import (
+    CheckpointError,
+    NonFiniteStateError,
+    find_resumable,
     list_checkpoints,
     load_checkpoint,
-    load_latest,
+    pack_rng,
     prune_checkpoints,
+    remove_stale_temp_files,
+    restore_rng,
     save_checkpoint,
 )
 from ctrlaug.utils.device import resolve_device
 from ctrlaug.utils.metrics import MetricWriter, ProgressBar, plot_losses
+from ctrlaug.utils.runlock import FolderBusyError, FolderUnusableError, RunLock
 
 __all__ = [
     "main",
@@ -75,11 +84,18 @@ __all__ = [
     "lr_milestones",
     "Trainer",
     "NonFiniteLossError",
+    "RunFolderError",
 ]
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss."""
+    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss or gradient, or when
+    the parameters or the state to be checkpointed became non-finite."""
+
+
+class RunFolderError(ConfigError):
+    """The run folder cannot be used as asked: busy (another run holds its lock), not writable,
+    or holding checkpoints none of which can be resumed. One line, exit code 2."""
 
 
 def _seed(*parts: int) -> int:
@@ -193,6 +209,28 @@ class Trainer:
         self.rank, self.world, local_rank = cdist.init_distributed(want)
         self.device = torch.device("cuda", local_rank) if want == "cuda" else torch.device("cpu")
         self.main = self.rank == 0
+        # The run folder is locked (rank 0) before any work: a busy, unwritable or file-shaped
+        # out_dir is one line and exit 2 here, not after the model and the dataset are built.
+        self._lock = None
+        if self.main:
+            try:
+                self._lock = RunLock(cfg.out_dir).acquire()
+            except (FolderBusyError, FolderUnusableError) as e:
+                raise RunFolderError(str(e)) from None
+            weakref.finalize(self, self._lock.release)
+            remove_stale_temp_files(cfg.out_dir)  # of killed runs: nobody else writes here now
+        try:
+            self._build(cfg, want, local_rank)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Release the run folder's lock (at the end of :meth:`fit`; also when garbage-collected)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _build(self, cfg: TrainConfig, want: str, local_rank: int) -> None:
         amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
@@ -220,6 +258,10 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, lr_milestones(cfg), gamma=cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.queue = FeatureQueue(cfg.rc.queue_size if cfg.rc.enabled else 0, cfg.proj_dim).to(self.device)
+        self._buffers_before: list[torch.Tensor] | None = None
+
+        # ---- the checkpoint to resume from: chosen and checked before any data work -------------
+        self._resume = self._select_checkpoint()
 
         # ---- data -------------------------------------------------------------------------------
         self.dataset = build_train_dataset(cfg)
@@ -249,9 +291,6 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model": self.obj.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -263,18 +302,129 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "step": self.step,
             "bad_streak": self.bad_streak,
-            "rng": rng,
+            "rng": pack_rng(),  # tensors and plain lists: loadable with weights_only=True
             "config": config_to_dict(self.cfg),
             "world_size": self.world,
         }
 
+    def check_fits(self, path: str, state: dict) -> None:
+        """:class:`CheckpointError` (one line) unless ``state``'s model and optimizers fit this
+        run's exactly (checked before anything is loaded, so a misfit leaves the model untouched)."""
+        mine = self.obj.state_dict()
+        theirs = state["model"]
+        if not isinstance(theirs, dict):
+            raise CheckpointError(f"{path}: its 'model' is not a state dict")
+        diff = sorted(set(mine) ^ set(theirs))
+        shape = [
+            k for k in mine if k in theirs and tuple(mine[k].shape) != tuple(getattr(theirs[k], "shape", ()))
+        ]
+        if diff or shape:
+            saved = state.get("config") or {}
+            was = ", ".join(f"{k}={saved.get(k)!r}" for k in ("arch", "width", "proj_dim") if k in saved)
+            k = diff[0] if diff else shape[0]
+            what = (
+                f"{len(diff)} parameter/buffer names differ (e.g. {k})"
+                if diff
+                else f"{len(shape)} shapes differ (e.g. {k}: {tuple(theirs[k].shape)} saved, {tuple(mine[k].shape)} here)"
+            )
+            raise CheckpointError(f"{path}: saved by another model configuration ({was}): {what}")
+        for name, opt in (("optimizer", self.opt), ("mi_optimizer", self.mi_opt)):
+            if opt is None:
+                continue
+            saved_opt = state.get(name)
+            n_saved = [len(g["params"]) for g in (saved_opt or {}).get("param_groups", [])]
+            n_here = [len(g["params"]) for g in opt.param_groups]
+            if n_saved != n_here:
+                raise CheckpointError(
+                    f"{path}: its {name} holds {n_saved} parameters per group, this run {n_here}"
+                )
+
+    def _select_checkpoint(self) -> tuple[str, dict] | None:
+        """The checkpoint this run resumes from, checked (checksum, safe load, fits the model,
+        the settings can be applied), or None to start at step 0. Every problem is one line
+        (:class:`RunFolderError` / ConfigError), raised before the dataset is built."""
+        cfg = self.cfg
+        how = cfg.resume
+        old = list_checkpoints(cfg.out_dir)
+        if how == "none":
+            if old:  # new checkpoints would interleave with the old run's and resume=auto would mix them
+                raise ConfigError(
+                    f"bad training config: resume='none' but out_dir={cfg.out_dir!r} already holds "
+                    f"{len(old)} checkpoint(s) of another run; use a fresh out_dir, delete them, resume=auto, "
+                    "or resume=fresh (sets them aside)"
+                )
+            return None
+        if how == "fresh":
+            if old and self.main:
+                aside = os.path.join(cfg.out_dir, f"set_aside_{time.strftime('%Y%m%d_%H%M%S')}")
+                os.makedirs(aside, exist_ok=True)
+                for p in old:
+                    for q in (p, p + ".sha256"):
+                        if os.path.exists(q):
+                            os.replace(q, os.path.join(aside, os.path.basename(q)))
+                print(
+                    f"[ctrlaug.train] resume=fresh: {len(old)} checkpoint(s) moved to {aside}",
+                    file=sys.stderr,
+                )
+            cdist.barrier()
+            return None
+        if how == "auto":
+            found, failures = find_resumable(cfg.out_dir, map_location=self.device, check=self.check_fits)
+            if found is None:
+                if not failures:
+                    return None  # nothing to resume: a new run
+                reasons = " | ".join(r for _, r in failures)
+                raise RunFolderError(
+                    f"out_dir={cfg.out_dir!r} holds {len(failures)} checkpoint(s) but none can be resumed: "
+                    f"{reasons}. Fix or move them, or start over with resume=fresh (sets them aside)"
+                )
+            self._passed_over = failures
+            if self.main:
+                for _, reason in failures:
+                    print(f"[ctrlaug.train] skipping checkpoint: {reason}", file=sys.stderr)
+        else:
+            if not os.path.exists(how):
+                raise ConfigError(
+                    f"bad training config: resume={how!r}: no such checkpoint (use 'auto', 'none', 'fresh' or a path)"
+                )
+            try:
+                state = load_checkpoint(how, map_location=self.device)
+                self.check_fits(how, state)
+            except CheckpointError as e:
+                raise ConfigError(f"bad training config: resume={how!r}: {e}") from None
+            found = (how, state)
+        self._check_resumable_settings(*found)
+        return found
+
+    def _check_resumable_settings(self, path: str, state: dict) -> None:
+        """Refuse (one line) what a resume cannot apply: fewer epochs than already done, or a new
+        batch_size in the middle of an epoch that is not a whole number of new batches."""
+        cfg = self.cfg
+        if state["epoch"] > cfg.epochs:
+            raise ConfigError(
+                f"bad training config: epochs={cfg.epochs} but {path} has already finished epoch "
+                f"{state['epoch']}; resume with epochs >= {state['epoch']} or use another out_dir"
+            )
+        old_b = migrate_saved_config(state.get("config") or {}).get("batch_size", cfg.batch_size)
+        done = state.get("step_in_epoch", 0) * old_b
+        if old_b != cfg.batch_size and done % cfg.batch_size:
+            raise ConfigError(
+                f"bad training config: batch_size changed {old_b} -> {cfg.batch_size} in the middle of epoch "
+                f"{state['epoch']} ({done} videos of it done in {path}), which is not a whole number of new "
+                f"batches; resume with batch_size={old_b} until the epoch ends, or with a batch size dividing {done}"
+            )
+
     def load_state_dict(self, state: dict, path: str = "checkpoint") -> None:
-        try:
-            self.obj.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"{path} does not fit this model (was it saved with another arch/width/heads?): {e}"
-            ) from None
+        self.check_fits(path, state)
+        self.obj.load_state_dict(state["model"])
+        # what this run's config asks for (built from it), to re-apply over the restored state
+        fresh = {
+            "milestones": collections.Counter(self.sched.milestones),
+            "gamma": self.sched.gamma,
+            "base_lrs": list(self.sched.base_lrs),
+            "weight_decay": [g["weight_decay"] for g in self.opt.param_groups],
+            "mi_lr": [g["lr"] for g in self.mi_opt.param_groups] if self.mi_opt is not None else [],
+        }
         self.opt.load_state_dict(state["optimizer"])
         if self.mi_opt is not None and state.get("mi_optimizer") is not None:
             self.mi_opt.load_state_dict(state["mi_optimizer"])
@@ -283,50 +433,86 @@ class Trainer:
         self.queue.load_state_dict(state["queue"])
         self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
         self.bad_streak = state.get("bad_streak", 0)
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"].cpu())  # map_location may have moved it to the GPU
-        if "numpy" in rng:
-            np.random.set_state(rng["numpy"])
-        if "python" in rng:
-            random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            with contextlib.suppress(Exception):
-                torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+        restore_rng(state.get("rng", {}))
+        self._apply_schedule(fresh)
+
+    def _apply_schedule(self, fresh: dict) -> list[str]:
+        """After a resume: this run's lr, lr_milestones (or the epochs they derive from),
+        lr_gamma, weight_decay and mi.lr replace the restored ones where they differ; the lr is
+        then the schedule's value at the current epoch. Returns what changed (nothing on a plain
+        resume, which then continues bit for bit)."""
+        sched, changed = self.sched, []
+        old = (collections.Counter(sched.milestones), sched.gamma, list(sched.base_lrs))
+        if old != (fresh["milestones"], fresh["gamma"], fresh["base_lrs"]):
+            ms = sorted(fresh["milestones"].elements())
+            changed.append(
+                f"lr schedule (lr {old[2]} -> {fresh['base_lrs']}, milestones {sorted(old[0].elements())} -> {ms}, "
+                f"gamma {old[1]} -> {fresh['gamma']})"
+            )
+            sched.milestones = collections.Counter(fresh["milestones"])
+            sched.gamma = fresh["gamma"]
+            sched.base_lrs = list(fresh["base_lrs"])
+            decays = bisect.bisect_right(ms, sched.last_epoch)
+            for g, base in zip(self.opt.param_groups, sched.base_lrs):
+                g["initial_lr"] = base
+                g["lr"] = base * sched.gamma**decays
+            sched._last_lr = [g["lr"] for g in self.opt.param_groups]
+        for g, wd in zip(self.opt.param_groups, fresh["weight_decay"]):
+            if g["weight_decay"] != wd:
+                changed.append(f"weight_decay {g['weight_decay']} -> {wd}")
+                g["weight_decay"] = wd
+        if self.mi_opt is not None:
+            for g, lr in zip(self.mi_opt.param_groups, fresh["mi_lr"]):
+                if g["lr"] != lr:
+                    changed.append(f"mi.lr {g['lr']} -> {lr}")
+                    g["lr"] = lr
+        self._applied = changed
+        return changed
 
     def maybe_resume(self) -> None:
-        how = self.cfg.resume
-        if how == "none":
-            old = list_checkpoints(self.cfg.out_dir)
-            if old:  # new checkpoints would interleave with the old run's and resume=auto would mix them
-                raise ConfigError(
-                    f"bad training config: resume='none' but out_dir={self.cfg.out_dir!r} already holds "
-                    f"{len(old)} checkpoint(s) of another run; use a fresh out_dir, delete them, or resume=auto"
-                )
+        """Load the checkpoint chosen at construction (if any) and apply this run's settings."""
+        found, self._resume = self._resume, None
+        if found is None:
             return
-        if how == "auto":
-            found = load_latest(self.cfg.out_dir, map_location=self.device)
-            if found is None:
-                return
-            path, state = found
-        else:
-            if not os.path.exists(how):
-                raise ConfigError(
-                    f"bad training config: resume={how!r}: no such checkpoint (use 'auto' or 'none')"
-                )
-            path, state = how, load_checkpoint(how, map_location=self.device)
+        path, state = found
         self.load_state_dict(state, path)
         self.resumed_from = path
+        old_b = migrate_saved_config(state.get("config") or {}).get("batch_size", self.cfg.batch_size)
+        if old_b != self.cfg.batch_size and self.step_in_epoch:
+            done = self.step_in_epoch * old_b  # a whole number of new batches (checked at construction)
+            self.step_in_epoch = done // self.cfg.batch_size
+            self._applied.append(
+                f"batch_size {old_b} -> {self.cfg.batch_size} ({done} videos of this epoch done)"
+            )
+        cdist.barrier()  # every rank has chosen before rank 0 sets the passed-over files aside
+        if self.main:
+            for p, _ in getattr(self, "_passed_over", []):
+                if int(os.path.basename(p)[5:14]) > self.step:  # newer than the resumed one: set aside
+                    for q in (p + ".sha256", p):
+                        aside = os.path.join(
+                            os.path.dirname(q), os.path.basename(q).replace(".pt", ".pt.unusable", 1)
+                        )
+                        with contextlib.suppress(OSError):
+                            os.replace(q, aside)
         changed = _config_diff(migrate_saved_config(state.get("config", {})), config_to_dict(self.cfg))
         if changed and self.main:
             print(
                 f"[ctrlaug.train] resuming {path} with changed config keys: {', '.join(changed)}",
                 file=sys.stderr,
             )
+        if self._applied and self.main:
+            print(f"[ctrlaug.train] resume applies: {'; '.join(self._applied)}", file=sys.stderr)
 
     def save(self) -> None:
         if self.main:
-            save_checkpoint(self.state_dict(), self.cfg.out_dir, self.step)
+            try:
+                save_checkpoint(self.state_dict(), self.cfg.out_dir, self.step)
+            except NonFiniteStateError as e:
+                newest = next(iter(list_checkpoints(self.cfg.out_dir)), None)
+                raise NonFiniteLossError(
+                    f"{e}; stopping, the newest good checkpoint stays {newest or '(none)'}. Lower lr / the loss "
+                    "weights or check the data"
+                ) from None
             prune_checkpoints(self.cfg.out_dir, self.cfg.keep_checkpoints)
         cdist.barrier()
 
@@ -369,6 +555,9 @@ class Trainer:
         """The model (DDP-wrapped when distributed) on prepared inputs, under autocast; returns
         :meth:`ctrlaug.losses.CtrlAugObjective.losses`' dict."""
         dev = self.device
+        # the buffers (BatchNorm statistics, estimator moving averages) before this forward: a
+        # skipped step whose forward made them non-finite puts them back (see update)
+        self._buffers_before = [b.detach().clone() for b in self.obj.buffers()]
         autocast = (
             torch.autocast(dev.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -399,42 +588,68 @@ class Trainer:
         finite = bool(torch.isfinite(vals[: len(checked)]).all())  # the statistics are not checked
         metrics = dict(zip(named, vals.tolist()))
         if not finite:
-            self.bad_streak += 1
-            self.opt.zero_grad(set_to_none=True)
-            if self.mi_opt is not None:
-                self.mi_opt.zero_grad(set_to_none=True)
-            metrics["skipped"] = 1.0
-            if self.main:
-                print(
-                    f"[ctrlaug.train] step {self.step}: non-finite loss "
-                    f"({', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}); step skipped "
-                    f"({self.bad_streak}/{cfg.max_bad_steps} in a row)",
-                    file=sys.stderr,
+            return self._skip(
+                metrics, "non-finite loss", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            )
+        self.opt.zero_grad(set_to_none=True)
+        if self.mi_opt is not None:
+            self.mi_opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+        if not self.scaler.is_enabled():  # fp16's GradScaler skips inf/NaN gradients itself
+            bad = _nonfinite(self.obj.named_parameters(), grads=True)
+            if bad:
+                return self._skip(
+                    metrics, "non-finite gradient", f"{len(bad)} tensor(s): {', '.join(bad[:4])}"
                 )
-            if self.bad_streak >= cfg.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"aborting: {self.bad_streak} consecutive steps with a non-finite loss (last step {self.step}: "
-                    f"{', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}). Lower lr / the loss weights, "
-                    "check the data, or raise max_bad_steps."
-                )
-        else:
-            self.bad_streak = 0
-            self.opt.zero_grad(set_to_none=True)
-            if self.mi_opt is not None:
-                self.mi_opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.opt)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip
-                )
-            self.scaler.step(self.opt)
-            if self.mi_opt is not None:
-                self.scaler.step(self.mi_opt)
-            self.scaler.update()
-            if "keys" in out:
-                self.queue.push(out["keys"])
-            metrics["skipped"] = 0.0
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip
+            )
+        self.bad_streak = 0
+        self.scaler.step(self.opt)
+        if self.mi_opt is not None:
+            self.scaler.step(self.mi_opt)
+        self.scaler.update()
+        bad = _nonfinite(self.obj.named_parameters())
+        if bad:  # the update itself overflowed: it cannot be undone, so stop before anything is saved
+            raise NonFiniteLossError(
+                f"aborting: the update of step {self.step} made {len(bad)} parameter tensor(s) non-finite "
+                f"({', '.join(bad[:4])}) although the loss and the gradients were finite; nothing of it was "
+                "checkpointed. Lower lr (or set grad_clip) and resume."
+            )
+        if "keys" in out:
+            self.queue.push(out["keys"])
+        metrics["skipped"] = 0.0
+        return metrics
+
+    def _skip(self, metrics: dict[str, float], what: str, detail: str) -> dict[str, float]:
+        """A skipped step: no optimizer step, gradients dropped, buffers made non-finite by the
+        step's forward put back; :class:`NonFiniteLossError` after ``max_bad_steps`` in a row."""
+        cfg = self.cfg
+        self.bad_streak += 1
+        self.opt.zero_grad(set_to_none=True)
+        if self.mi_opt is not None:
+            self.mi_opt.zero_grad(set_to_none=True)
+        bufs = list(self.obj.buffers())
+        before = self._buffers_before
+        if before is not None and len(before) == len(bufs) and _nonfinite(self.obj.named_buffers()):
+            with torch.no_grad():
+                for b, old in zip(bufs, before):
+                    b.copy_(old)
+        metrics["skipped"] = 1.0
+        if self.main:
+            print(
+                f"[ctrlaug.train] step {self.step}: {what} ({detail}); step skipped "
+                f"({self.bad_streak}/{cfg.max_bad_steps} in a row)",
+                file=sys.stderr,
+            )
+        if self.bad_streak >= cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"aborting: {self.bad_streak} consecutive steps with a {what} (last step {self.step}: {detail}). "
+                "Lower lr / the loss weights, check the data, or raise max_bad_steps."
+            )
         return metrics
 
     def run_step(self, batch: dict) -> dict[str, float]:
@@ -471,6 +686,13 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Resume (if a checkpoint was chosen), train to ``epochs``, release the run folder."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         self.maybe_resume()
         if self.main:
@@ -596,6 +818,19 @@ class Trainer:
             print(f"[ctrlaug.train] {writer.tb_note}", file=sys.stderr)
 
 
+def _nonfinite(named, grads: bool = False) -> list[str]:
+    """Names of the floating-point tensors (or their gradients) holding NaN/inf. One fused norm
+    per call on the common path; the names are looked up only when something is off."""
+    items = [(n, t.grad if grads else t) for n, t in named]
+    items = [(n, t.detach()) for n, t in items if t is not None and t.is_floating_point()]
+    if not items:
+        return []
+    norms = torch._foreach_norm([t for _, t in items])
+    if bool(torch.isfinite(torch.stack(norms)).all()):
+        return []
+    return [n for n, t in items if not bool(torch.isfinite(t).all())] or ["(a norm overflowed)"]
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (``resume`` ignored)."""
     out = []
@@ -682,8 +917,7 @@ def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
         lines.append(f"  {f:<12} {r['trained']:>8.1f} {floor:>24} {r['chance']:>7.1f}{tag}")
     msg = "\n".join(lines)
     print(msg)
-    with open(os.path.join(cfg.out_dir, "probe.txt"), "w") as f:
-        f.write(msg + "\n")
+    atomic_write(os.path.join(cfg.out_dir, "probe.txt"), msg + "\n")
     out = {
         "primary": res["primary"],
         "factors": {
@@ -701,9 +935,7 @@ def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
         "num_test": tr["num_test"],
     }
     path = os.path.join(cfg.out_dir, "probe.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, json.dumps(out, indent=2))
     return path
 
 

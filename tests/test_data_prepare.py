@@ -238,3 +238,57 @@ def test_killed_run_resumes_without_half_written_outputs(tmp_path):
     assert not [f for f in os.listdir(out_dir) if f.endswith(".part")]
     assert [int(r["frames"]) for r in rows] == [30] * 5
     assert sorted(_manifest(dst)) == [f"v{k}.mp4" for k in range(5)]
+
+
+def test_a_truncated_or_emptied_output_is_redone_on_rerun(tmp_path):
+    pool = VideoPool(str(tmp_path / "pool"), n=3, frames=30)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for k in range(4):
+        pool.copy(str(src / "train" / "c" / f"v{k}.mp4"))
+    prepare(src, dst, "folder", PrepareSettings(short_side=32), progress=False)
+    out = dst / "train" / "c"
+    full = (out / "v1.mp4").read_bytes()
+    (out / "v1.mp4").write_bytes(full[: len(full) // 2])  # truncated after the run
+    (out / "v2.mp4").write_bytes(b"")  # emptied
+    stamp = os.stat(out / "v0.mp4").st_mtime_ns
+    rows = prepare(src, dst, "folder", PrepareSettings(short_side=32), progress=False)
+    status = {os.path.basename(r["output"]): r["status"] for r in rows}
+    assert status["v0.mp4"] == "skipped" and os.stat(out / "v0.mp4").st_mtime_ns == stamp
+    assert status["v1.mp4"] == status["v2.mp4"] == "done"
+    for k in (1, 2):
+        with VideoReader(str(out / f"v{k}.mp4")) as v:
+            assert v.num_frames == 30 and v.get(range(30)).shape[0] == 30
+    assert [int(r["frames"]) for r in rows] == [30] * 4
+
+
+def _pdeathsig() -> int:
+    import ctypes
+
+    sig = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # 2 = PR_GET_PDEATHSIG
+    return sig.value
+
+
+def _report_pdeathsig(job, settings) -> dict:
+    """Stands in for the worker's job: reports the signal the worker gets when its parent dies."""
+    return {
+        "source": job.source,
+        "output": job.output,
+        "status": "bad",
+        "reason": f"pdeathsig={_pdeathsig()}",
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_pool_workers_are_killed_with_the_run(tmp_path, monkeypatch):
+    import signal
+
+    import ctrlaug.data.prepare as P
+
+    pool = VideoPool(str(tmp_path / "pool"), n=1, frames=10)
+    src = tmp_path / "src"
+    for k in range(2):
+        pool.copy(str(src / "train" / "c" / f"v{k}.mp4"))
+    monkeypatch.setattr(P, "_run_job", _report_pdeathsig)  # forked workers see the patched module
+    rows = P.prepare(src, tmp_path / "dst", "folder", SET, workers=2, progress=False)
+    assert sorted(r["reason"] for r in rows) == [f"pdeathsig={int(signal.SIGKILL)}"] * 2

@@ -11,8 +11,11 @@ Outputs keep the source's relative path with the extension ``.mp4``; split and a
 column rewritten to the new names), so training reads DST with the same ``--format``.
 
 * parallel over processes, with a progress line and an ETA on stderr;
-* resumable: an output that exists is complete (written as ``<name>.part``, verified, then
-  renamed), so a second run skips it; leftover ``.part`` files of a killed run are removed;
+* resumable: an output is written as ``<name>.part``, verified, fsynced, then renamed; a second
+  run checks every existing output against the manifest (size, a probe of the file, frame count;
+  against the source's frame count when the manifest has no row for it) and skips the ones that
+  pass, redoing the others (a file truncated or emptied since); leftover ``.part`` files of a
+  killed run are removed; worker processes die with the run;
 * verified: each output is decoded in full before the rename, and must hold the source's frame
   count within 1;
 * manifest: ``DST/prepare_manifest.csv`` lists source, output, status, frames, source frames, fps,
@@ -39,6 +42,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
+
+from ctrlaug.utils.atomic import atomic_write, fsync_dir
 
 from .decode import BadVideoError, open_video
 from .records import DatasetFormatError, canonical_format, format_splits, load_records
@@ -150,7 +155,9 @@ def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
             raise BadVideoError(
                 source, f"output verification failed: {n_out} frames decoded, source has {n_src}"
             )
+        _fsync(part)  # on disk before it carries the final name
         os.replace(part, output)
+        fsync_dir(os.path.dirname(output) or ".")
     except av.FFmpegError as e:
         raise BadVideoError(source, f"transcoding failed ({type(e).__name__}: {e})") from None
     finally:
@@ -160,6 +167,29 @@ def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
         "frames": n_out, "source_frames": n_src, "fps": round(fps, 4), "width": w, "height": h,
         "bytes": os.path.getsize(output),
     }  # fmt: skip
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: the kernel kills this worker when the run dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed run leaves no orphaned workers behind."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except Exception:
+            pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _run_job(job: Job, settings: PrepareSettings) -> dict:
@@ -279,6 +309,7 @@ def _copy_annotations(src: str, dst: str, fmt: str, renamed: dict[str, str]) -> 
                 _rewrite_csv(s, tmp, d, renamed)
             else:
                 shutil.copyfile(s, tmp)
+            _fsync(tmp)
             os.replace(tmp, d)
             copied.append(d)
     return copied
@@ -315,6 +346,8 @@ def _write_manifest(path: str, rows: Iterable[dict]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in MANIFEST_FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -328,21 +361,56 @@ def _remove_parts(dst: str) -> int:
     return n
 
 
-def _existing_row(job: Job, old: dict[str, dict]) -> dict:
-    """Manifest row of an output finished by an earlier run (its old row, else probed)."""
+def _int(v) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
+    """``(manifest row, "")`` of an output an earlier run finished, after checking it: its size
+    and frame count against its manifest row, else its frame count against the source's (within
+    1, as when it was written), and that it opens; ``(None, why)`` when it does not pass."""
+    size = os.path.getsize(job.output)
+    if size == 0:
+        return None, "empty file"
     prev = old.get(job.output)
-    if prev and prev.get("status") in ("done", "skipped") and prev.get("source") == job.source:
-        return {**prev, "status": "skipped", "reason": ""}
-    row = {"source": job.source, "output": job.output, "status": "skipped", "reason": ""}
+    if not (prev and prev.get("status") in ("done", "skipped") and prev.get("source") == job.source):
+        prev = None
+    if prev is not None and _int(prev.get("bytes")) is not None and _int(prev["bytes"]) != size:
+        return None, f"{size} bytes, the manifest says {prev['bytes']}"
     try:
         with open_video(job.output) as r:
-            row.update(frames=r.num_frames, fps=round(float(r.fps), 4), width=r.width, height=r.height)
+            probed = {
+                "frames": r.num_frames,
+                "fps": round(float(r.fps), 4),
+                "width": r.width,
+                "height": r.height,
+            }
+    except BadVideoError as e:
+        return None, f"does not open ({e.reason})"
+    if prev is not None and _int(prev.get("frames")) is not None:
+        if abs(probed["frames"] - _int(prev["frames"])) > 1:
+            return None, f"{probed['frames']} frames, the manifest says {prev['frames']}"
+        return {**prev, "status": "skipped", "reason": ""}, ""
+    row = {
+        "source": job.source,
+        "output": job.output,
+        "status": "skipped",
+        "reason": "",
+        **probed,
+        "bytes": size,
+    }
+    try:
         with open_video(job.source) as r:
             row["source_frames"] = r.num_frames
     except BadVideoError as e:
-        row["reason"] = f"earlier output not probed: {e.reason}"
-    row["bytes"] = os.path.getsize(job.output)
-    return row
+        row["reason"] = f"source not probed: {e.reason}"
+        return row, ""
+    if abs(probed["frames"] - row["source_frames"]) > 1:
+        return None, f"{probed['frames']} frames, the source has {row['source_frames']}"
+    return row, ""
 
 
 class _Progress:
@@ -406,18 +474,27 @@ def prepare(
     _check_destination(src, dst, fmt, settings)
     jobs, problems = list_jobs(src, dst, fmt)
     os.makedirs(dst, exist_ok=True)
-    with open(os.path.join(dst, MARKER), "w") as f:
-        json.dump(_marker(src, fmt, settings), f, indent=1)
+    atomic_write(os.path.join(dst, MARKER), json.dumps(_marker(src, fmt, settings), indent=1))
     _remove_parts(dst)  # half-written outputs of a killed run
     manifest = os.path.join(dst, MANIFEST)
     old = _read_manifest(manifest)
     rows: dict[str, dict] = {}
     todo = []
+    redo = []
     for job in jobs:
         if os.path.isfile(job.output):
-            rows[job.output] = _existing_row(job, old)
-        else:
-            todo.append(job)
+            row, why = _existing_row(job, old)
+            if row is not None:
+                rows[job.output] = row
+                continue
+            redo.append(f"{job.output}: {why}")
+            os.remove(job.output)
+        todo.append(job)
+    if redo and progress is not False:
+        print(
+            f"prepare: {len(redo)} earlier output(s) failed the check and are redone: " + "; ".join(redo[:5]),
+            file=progress if progress is not None else sys.stderr,
+        )
     for path, reason in problems:
         rows["missing:" + path] = {"source": path, "output": "", "status": "missing", "reason": reason}
     _copy_annotations(src, dst, fmt, {j.source: j.output for j in jobs})
@@ -438,7 +515,10 @@ def prepare(
             on_row(row)
 
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(min(workers, len(todo))) as ex:
+        pool = ProcessPoolExecutor(
+            min(workers, len(todo)), initializer=_die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool as ex:
             futs = [ex.submit(_run_job, job, settings) for job in todo]
             for fut in as_completed(futs):
                 record(fut.result())

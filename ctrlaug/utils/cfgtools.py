@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -72,6 +73,8 @@ def opt(
 def _field_problems(f: dataclasses.Field, val: Any, key: str) -> list[str]:
     """Problems of one value against its field's ``choices`` / ``min`` / ``max``."""
     meta, out = f.metadata, []
+    if isinstance(val, float) and not math.isfinite(val):
+        return [f"{key}: expected a finite number, got {val!r}"]
     if meta.get("choices") and val not in meta["choices"]:
         out.append(f"{key}: invalid value {val!r}; valid choices: {', '.join(map(str, meta['choices']))}")
     if isinstance(val, int | float) and not isinstance(val, bool):
@@ -196,14 +199,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        out = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
+            out = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # PyYAML reads '1e-3' as a string
+                out = float(value)  # PyYAML reads '1e-3' as a string
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if out is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(out):  # nan / inf / .inf pass float() but no bound or formula wants them
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value

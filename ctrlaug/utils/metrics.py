@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from ctrlaug.utils.atomic import atomic_open
+
 __all__ = ["MetricWriter", "ProgressBar", "plot_losses", "read_csv"]
 
 
@@ -39,7 +41,8 @@ class MetricWriter:
         rows = read_csv(self.path) if (resume_step is not None and os.path.exists(self.path)) else []
         # On resume, drop rows logged after the checkpoint (they will be produced again).
         rows = [r for r in rows if resume_step is not None and float(r.get("step", "inf")) <= resume_step]
-        with open(self.path, "w", newline="") as f:
+        # rewritten atomically: a run killed here keeps the old history, never a torn file
+        with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             w.writeheader()
             for r in rows:

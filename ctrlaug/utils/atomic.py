@@ -1,0 +1,56 @@
+"""Atomic file rewrites: write a temp file beside the target, fsync it, ``os.replace`` it, fsync
+the folder. A reader (or a run killed midway) sees the old file or the new one, never a torn one.
+
+Only the standard library: importable from every layer of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["atomic_write", "atomic_open", "fsync_dir"]
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename inside folder ``path`` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs):
+    """``open(path, mode)`` that publishes the file only when the block ends without an error:
+    the data goes to ``<path>.<pid>.tmp``, is fsynced and renamed over ``path``; on an error the
+    temp file is removed and ``path`` keeps its old content."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(os.path.dirname(path))
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+    """Replace ``path`` by ``data`` (text is written as UTF-8) atomically."""
+    if isinstance(data, str):
+        with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(data)
+    else:
+        with atomic_open(path, "wb") as f:
+            f.write(data)
