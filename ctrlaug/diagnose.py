@@ -72,6 +72,8 @@ from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
 from ctrlaug.evaluate import EvalError, load_encoder, resolve_device, run_cli
 from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes, knn_top1
+from ctrlaug.utils.progress import Progress
+from ctrlaug.utils.provenance import provenance
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [
@@ -338,6 +340,7 @@ def diagnose(
     batch_size: int = 32,
     probe_epochs: int = 200,
     log=None,
+    progress: bool = False,
 ) -> dict:
     """Run the four measurements of this module on ``encoder`` (see the module docstring).
 
@@ -350,6 +353,7 @@ def diagnose(
             factor probes), cut to the split sizes.
         levels: tau_l levels per held-out clip for the level probe.
         seed: level draws, the video halves and the probes.
+        progress: show progress bars of the two feature passes on stderr.
 
     Returns a JSON-able dict: ``level`` ({component: {top1, train_top1, chance}} plus
     ``mean_top1``/``mean_chance``), ``arrow`` ({top1, train_top1, chance}), ``focus`` ({ratio,
@@ -371,8 +375,12 @@ def diagnose(
     was = encoder.training
     encoder.eval()
     try:
-        te = _held_out(encoder, shapes, test_split, n_te, aug, params, levels, dev, batch_size)
-        tr_x, tr_y = _train_clips(encoder, shapes, train_split, n_tr, aug, dev, batch_size)
+        bar = Progress(n_te, "diagnose held-out", unit="videos", enabled=progress)
+        te = _held_out(encoder, shapes, test_split, n_te, aug, params, levels, dev, batch_size, bar)
+        bar.close()
+        bar = Progress(n_tr, "diagnose train", unit="videos", enabled=progress)
+        tr_x, tr_y = _train_clips(encoder, shapes, train_split, n_tr, aug, dev, batch_size, bar)
+        bar.close()
     finally:
         encoder.train(was)
     half = video_split(n_te, seed)
@@ -437,7 +445,7 @@ def _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, epochs, seed):
     return level, arrow, factors
 
 
-def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
+def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch, bar=None):
     """Forward, reversed and level-view features, CAAMs, masks and factors of n held-out clips."""
     out = {k: [] for k in ("fwd", "rev", "levels", "maps", "masks")}
     factors = []
@@ -454,18 +462,22 @@ def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
         p = params.select(slice(i0 * levels, (i0 + B) * levels)).to(dev)
         xv = low_level_augment(x.repeat_interleave(levels, 0), p, max_kernel=aug.max_blur_kernel)
         out["levels"].append(_encode(encoder, xv, dev, batch).view(B, levels, -1))
+        if bar:
+            bar.update(B)
     res = {k: torch.cat(v) for k, v in out.items()}
     res["factors"] = _stack_factors(factors)
     return res
 
 
-def _train_clips(encoder, shapes, split, n, aug, dev, batch):
+def _train_clips(encoder, shapes, split, n, aug, dev, batch, bar=None):
     """Pooled features [n, C] and factor labels of the centre clips of n train videos."""
     feats, factors = [], []
     for i0 in range(0, n, batch):
         clips, _, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
         feats.append(_encode(encoder, to_unit(clips), dev, batch))
+        if bar:
+            bar.update(len(clips))
     return torch.cat(feats), _stack_factors(factors)
 
 
@@ -568,6 +580,7 @@ class DiagnoseOptions:
     out: str | None = None  # default: the checkpoint's run folder
     threads: int = 0  # torch CPU threads (0 = default)
     device: str = "auto"
+    progress: bool = True  # progress bars on stderr
 
 
 def run(opts: DiagnoseOptions, log=print) -> dict:
@@ -579,8 +592,16 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
         raise EvalError(f"--videos must be >= 4, got {opts.videos}")
     device = resolve_device(opts.device)
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, opts.set)
-    res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
-    res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
+    res = diagnose(
+        enc,
+        cfg,
+        videos=opts.videos,
+        levels=opts.levels,
+        seed=opts.seed,
+        device=device,
+        progress=opts.progress,
+    )
+    res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res, "provenance": provenance(device)}
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     stem = write_report(res, os.path.join(out, "diagnose" + ("_random" if opts.random_init else "")))
     log(summary_line(res) + f" -> {stem}.json")
@@ -609,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the checkpoint's run folder)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     return p
 
 
