@@ -65,9 +65,13 @@ __all__ = [
     "fit_linear_clips",
     "evaluate_clips",
     "finetune",
+    "lr_factor",
+    "feature_cache_key",
     "build_eval_datasets",
     "EvalOptions",
     "run",
+    "run_folds",
+    "parse_folds",
     "main",
 ]
 
@@ -291,6 +295,8 @@ def finetune(
     no dropout, fp32) are the recipe of earlier versions, step for step: ``ctrlaug.calibrate``
     relies on them.
     """
+    if schedule not in SCHEDULES:
+        raise EvalError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if optimizer not in ("adam", "sgd"):
         raise EvalError(f"optimizer must be adam or sgd, got {optimizer!r}")
     if amp not in ("off", "bf16", "fp16"):
