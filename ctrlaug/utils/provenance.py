@@ -63,8 +63,8 @@ def git_state(path: str | None = None) -> tuple[str | None, bool | None]:
 
 def provenance(device: torch.device | str | None = None, argv: list[str] | None = None) -> dict:
     """The provenance record of this process (see the module docstring). ``device``: the device
-    the run computes on (default: none recorded); ``argv``: the command line (default
-    ``sys.argv``)."""
+    the run computes on (default: none recorded); ``argv``: the arguments (default: this
+    interpreter's whole command line, ``sys.orig_argv``, so ``-m ctrlaug.train`` is kept)."""
     import ctrlaug
 
     commit, dirty = git_state()
@@ -77,7 +77,10 @@ def provenance(device: torch.device | str | None = None, argv: list[str] | None 
             name = None
     elif dev == "cpu":
         name = platform.processor() or platform.machine()
-    argv = list(sys.argv if argv is None else argv)
+    if argv is None:  # the interpreter's own command line: keeps "-m ctrlaug.train"
+        argv = [sys.executable, *(getattr(sys, "orig_argv", None) or ["", *sys.argv])[1:]]
+    else:
+        argv = [sys.executable, *argv]
     return {
         "ctrlaug_version": ctrlaug.__version__,
         "git_commit": commit,
@@ -89,7 +92,7 @@ def provenance(device: torch.device | str | None = None, argv: list[str] | None 
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
-        "command": shlex.join([sys.executable, *argv]) if argv else sys.executable,
+        "command": shlex.join(argv),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
