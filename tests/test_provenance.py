@@ -105,6 +105,6 @@ def test_packaging_files_and_console_scripts():
 def test_console_script_entry_point_runs():
     # the entry point as the generated script calls it: sys.exit(main()) with sys.argv
     code = "import sys; from ctrlaug.train import main; sys.argv=['ctrlaug-train','--print-config','width=0.5']; sys.exit(main())"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["width"] == 0.5
