@@ -75,6 +75,8 @@ from ctrlaug.floor import FLOOR_INITS, mean_spread
 from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.probe import fit_factor_probes, knn_top1
 from ctrlaug.utils.atomic import atomic_open
+from ctrlaug.utils.progress import Progress
+from ctrlaug.utils.provenance import provenance
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [
@@ -425,6 +427,7 @@ def diagnose(
     batch_size: int = 32,
     probe_epochs: int = 200,
     log=None,
+    progress: bool = False,
 ) -> dict:
     """Run the four measurements of this module on ``encoder`` (see the module docstring).
 
@@ -437,6 +440,7 @@ def diagnose(
             factor probes), cut to the split sizes.
         levels: tau_l levels per held-out clip for the level probe.
         seed: level draws, the video halves and the probes.
+        progress: show progress bars of the two feature passes on stderr.
 
     Returns a JSON-able dict: ``level`` ({component: {top1, train_top1, chance}} plus
     ``mean_top1``/``mean_chance``), ``arrow`` ({top1, train_top1, chance}), ``focus`` ({ratio,
@@ -458,8 +462,12 @@ def diagnose(
     was = encoder.training
     encoder.eval()
     try:
-        te = _held_out(encoder, shapes, test_split, n_te, aug, params, levels, dev, batch_size)
-        tr_x, tr_y = _train_clips(encoder, shapes, train_split, n_tr, aug, dev, batch_size)
+        bar = Progress(n_te, "diagnose held-out", unit="videos", enabled=progress)
+        te = _held_out(encoder, shapes, test_split, n_te, aug, params, levels, dev, batch_size, bar)
+        bar.close()
+        bar = Progress(n_tr, "diagnose train", unit="videos", enabled=progress)
+        tr_x, tr_y = _train_clips(encoder, shapes, train_split, n_tr, aug, dev, batch_size, bar)
+        bar.close()
     finally:
         encoder.train(was)
     half = video_split(n_te, seed)
@@ -530,7 +538,7 @@ def _probes(te, lev, params, half, tr_x, tr_y, aug, shapes, epochs, seed):
     return level, arrow, factors
 
 
-def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
+def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch, bar=None):
     """Forward, reversed and level-view features, CAAMs, masks and factors of n held-out clips."""
     out = {k: [] for k in ("fwd", "rev", "levels", "maps", "masks")}
     factors = []
@@ -547,18 +555,22 @@ def _held_out(encoder, shapes, split, n, aug, params, levels, dev, batch):
         p = params.select(slice(i0 * levels, (i0 + B) * levels)).to(dev)
         xv = low_level_augment(x.repeat_interleave(levels, 0), p, max_kernel=aug.max_blur_kernel)
         out["levels"].append(_encode(encoder, xv, dev, batch).view(B, levels, -1))
+        if bar:
+            bar.update(B)
     res = {k: torch.cat(v) for k, v in out.items()}
     res["factors"] = _stack_factors(factors)
     return res
 
 
-def _train_clips(encoder, shapes, split, n, aug, dev, batch):
+def _train_clips(encoder, shapes, split, n, aug, dev, batch, bar=None):
     """Pooled features [n, C] and factor labels of the centre clips of n train videos."""
     feats, factors = [], []
     for i0 in range(0, n, batch):
         clips, _, fac = _render(shapes, split, range(i0, min(n, i0 + batch)), aug)
         factors += fac
         feats.append(_encode(encoder, to_unit(clips), dev, batch))
+        if bar:
+            bar.update(len(clips))
     return torch.cat(feats), _stack_factors(factors)
 
 
@@ -674,6 +686,7 @@ class DiagnoseOptions:
     threads: int = 0  # torch CPU threads (0 = default)
     device: str = "auto"
     order: bool = False  # the L_td order study instead of the four measurements (order.json)
+    progress: bool = True  # progress bars on stderr
 
 
 def run(opts: DiagnoseOptions, log=print) -> dict:
@@ -687,18 +700,27 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, opts.set)
     if opts.order:
         return _run_order(opts, enc, cfg, ckpt, device, log)
-    res = diagnose(enc, cfg, videos=opts.videos, levels=opts.levels, seed=opts.seed, device=device)
-    res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
+
+    def one(encoder):
+        return diagnose(
+            encoder,
+            cfg,
+            videos=opts.videos,
+            levels=opts.levels,
+            seed=opts.seed,
+            device=device,
+            progress=opts.progress,
+        )
+
+    res = {
+        "checkpoint": ckpt,
+        "random_init": bool(opts.random_init),
+        **one(enc),
+        "provenance": provenance(device),
+    }
     if opts.random_init:  # the floor over FLOOR_INITS random inits (ctrlaug.floor), the first above
         more = [
-            diagnose(
-                load_encoder(opts.checkpoint, opts.config, True, opts.set, init=i)[0],
-                cfg,
-                videos=opts.videos,
-                levels=opts.levels,
-                seed=opts.seed,
-                device=device,
-            )
+            one(load_encoder(opts.checkpoint, opts.config, True, opts.set, init=i)[0])
             for i in range(1, FLOOR_INITS)
         ]
         res["floor"] = floor_summary([res, *more])
@@ -935,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the L_td order study instead: can clip order be read from the frozen features? (order.json)",
     )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     return p
 
 

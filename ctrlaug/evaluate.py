@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -34,20 +36,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctrlaug.data import build_train_dataset
+from ctrlaug.data import build_train_dataset, get_format
 from ctrlaug.floor import random_init_seed
 from ctrlaug.models import build_encoder, pool, prepare_input
 from ctrlaug.probe import (
+    PRECISIONS,
+    autocast,
+    classification_metrics,
     clip_loader,
     evaluate_clips,
     extract_clip_features,
     fit_linear_clips,
     knn_top1,
+    knn_votes,
+    resolve_precision,
     retrieval_recall,
 )
 from ctrlaug.utils.atomic import atomic_open
 from ctrlaug.utils.checkpoint import CheckpointError, UnsafeFileError, safe_load, verify_checksum
 from ctrlaug.utils.device import resolve_device as _resolve_device
+from ctrlaug.utils.progress import Progress
+from ctrlaug.utils.provenance import provenance
 
 __all__ = [
     "EvalError",
@@ -59,9 +68,13 @@ __all__ = [
     "fit_linear_clips",
     "evaluate_clips",
     "finetune",
+    "lr_factor",
+    "feature_cache_key",
     "build_eval_datasets",
     "EvalOptions",
     "run",
+    "run_folds",
+    "parse_folds",
     "main",
 ]
 
@@ -232,6 +245,25 @@ def _build(c, split: str, mode: str):
         raise EvalError(f"cannot build dataset {c.dataset!r} ({c.data_root or 'no root'}): {e}") from None
 
 
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def lr_factor(schedule: str, it: int, total: int, warmup: int = 0, milestones=(0.6, 0.8)) -> float:
+    """Learning-rate multiplier at iteration ``it`` of ``total``: linear warm-up over the first
+    ``warmup`` iterations, then ``constant`` (1), ``cosine`` (half cosine from 1 to 0) or ``step``
+    (x0.1 at each fraction of ``total`` in ``milestones``)."""
+    if schedule not in SCHEDULES:
+        raise EvalError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if it < warmup:
+        return (it + 1) / warmup
+    if schedule == "cosine":
+        span = max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(it - warmup, span) / span))
+    if schedule == "step":
+        return 0.1 ** sum(it >= m * total for m in milestones)
+    return 1.0
+
+
 def finetune(
     encoder: nn.Module,
     train_set,
@@ -246,24 +278,61 @@ def finetune(
     flip: bool = True,
     num_workers: int = 0,
     log=None,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    schedule: str = "constant",
+    warmup_epochs: int = 0,
+    dropout: float = 0.0,
+    amp: str = "off",
+    precision: str = "fp32",
+    progress: bool = False,
 ) -> dict:
     """Finetune encoder + linear layer end to end; returns losses per epoch and the 10-clip test.
 
     Each epoch every train video contributes one random clip of its sample's ``views`` (random
-    horizontal flip unless ``flip=False``); Adam. ``train_set``: an eval-mode dataset (the
+    horizontal flip unless ``flip=False``). ``train_set``: an eval-mode dataset (the
     ``centre`` augmentation: its uniformly spaced centre crops), :func:`build_finetune_train_set`
     (the ``crop`` augmentation: jittered local clips, which bring their own flip), or a list of
     samples; ``set_epoch(epoch)`` is called on it when it has one. ``test_set``: eval-mode.
-    Runs on the encoder's device. Test as in :func:`evaluate_clips`.
+    Runs on the encoder's device. Test as in :func:`evaluate_clips`, plus top-5, mean-class and
+    per-class accuracy of the video scores (:func:`ctrlaug.probe.classification_metrics`).
+
+    The recipe: ``optimizer`` ``adam`` or ``sgd`` (with ``momentum``, Nesterov), ``schedule``
+    (:func:`lr_factor`, per iteration, after ``warmup_epochs`` of linear warm-up), ``dropout``
+    before the linear layer, ``amp`` ``off``/``bf16``/``fp16`` (CUDA: mixed precision training,
+    fp16 with a gradient scaler), ``precision`` of the test pass. The defaults (Adam, constant lr,
+    no dropout, fp32) are the recipe of earlier versions, step for step: ``ctrlaug.calibrate``
+    relies on them.
     """
+    if schedule not in SCHEDULES:
+        raise EvalError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise EvalError(f"optimizer must be adam or sgd, got {optimizer!r}")
+    if amp not in ("off", "bf16", "fp16"):
+        raise EvalError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise EvalError(f"dropout must be in [0, 1), got {dropout}")
     g = torch.Generator().manual_seed(seed)
     dev = next(encoder.parameters()).device
+    if amp != "off" and dev.type != "cuda":
+        raise EvalError(f"amp={amp} needs a CUDA device, the encoder is on {dev}")
     head = nn.Linear(encoder.out_channels, num_classes).to(dev)
     params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    losses = []
+    if dropout > 0:  # only then: the default head is exactly the earlier one
+        head = nn.Sequential(nn.Dropout(dropout), head)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    bar = Progress(total, "finetune", unit="steps") if progress else None
+    losses, it = [], 0
     for ep in range(epochs):
         encoder.train()
+        head.train()
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(ep)
         tot, n = 0.0, 0
@@ -274,19 +343,50 @@ def finetune(
             if flip:
                 f = torch.rand(v.shape[0], generator=g) < 0.5
                 x[f] = x[f].flip(-1)
-            loss = F.cross_entropy(head(pool(encoder(prepare_input(x.to(dev))))), b["label"].to(dev))
+            if schedule != "constant" or warmup:
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(schedule, it, total, warmup)
+            with autocast(dev, amp_dtype):
+                logits = head(pool(encoder(prepare_input(x.to(dev)))))
+            loss = F.cross_entropy(logits.float(), b["label"].to(dev))
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             tot, n = tot + loss.item() * len(x), n + len(x)
+            it += 1
+            if bar:
+                bar.update(1, f"ep {ep + 1}/{epochs} loss {tot / max(n, 1):.4f}")
         losses.append(tot / max(n, 1))
         if log:
             log(f"finetune epoch {ep + 1}/{epochs}: loss {losses[-1]:.4f}")
+    if bar:
+        bar.close()
     encoder.eval()
-    logits, labels = extract_clip_features(encoder, test_set, batch_size, num_workers, head=head)
+    head.eval()
+    logits, labels = extract_clip_features(
+        encoder,
+        test_set,
+        batch_size,
+        num_workers,
+        head=head,
+        precision=precision,
+        progress="features test" if progress else None,
+    )
     res = evaluate_clips(logits, labels)
+    res.update(_video_metrics(logits.float().softmax(-1).mean(1), labels, test_set))
     res["train_loss"] = losses
     return res
+
+
+def _video_metrics(scores: torch.Tensor, labels: torch.Tensor, test_set) -> dict:
+    """``video_top5``, ``video_mean_class`` and ``per_class`` of video scores [N, K]."""
+    m = classification_metrics(scores, labels, ks=(5,), class_names=getattr(test_set, "classes", None))
+    return {"video_top5": m["top5"], "video_mean_class": m["mean_class"], "per_class": m["per_class"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,24 +419,69 @@ class EvalOptions:
     threads: int = 0  # torch CPU threads (0 = default)
     device: str = "auto"
     workers: int = 0  # DataLoader worker processes
+    fold: int = 0  # official split of ucf101/hmdb51 (0 = the config's `fold`)
+    folds: str | None = None  # "1,2,3": one run per fold, then mean and spread
+    precision: str = "fp32"  # forward precision of feature extraction: fp32, bf16, fp16, auto
+    chunk: int = 0  # queries per similarity block of knn/retrieval (0 = auto, <= 256 MB blocks)
+    weight_decay: float = 0.0  # finetune (0 = 1e-5)
+    optimizer: str = "adam"  # finetune: adam or sgd
+    schedule: str = "constant"  # finetune lr schedule: constant, cosine, step
+    warmup_epochs: int = 0  # finetune linear warm-up
+    dropout: float = 0.0  # finetune: dropout before the linear layer
+    amp: str = "off"  # finetune mixed precision (CUDA): off, bf16, fp16
+    progress: bool = True  # progress bars on stderr
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise EvalError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
 
 
-def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_dir: str | None):
-    """Clip features, cached as ``<out>/features_<split>.pt`` keyed by checkpoint and dataset."""
-    key = {
+def _tensor_digest(sd: dict) -> str:
+    h = hashlib.sha1()
+    for k, v in sd.items():
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ckpt: str | None) -> dict:
+    """Everything the clip features of ``ds`` depend on: the encoder (architecture and a digest
+    of its weights and BN statistics, so checkpoint, ``--random-init`` and ``--config`` are all
+    covered), the dataset (format, root, fold, split, size, the rendered sets' and the decoder's
+    settings), the clip geometry (``--clips`` and every ``augment`` field: size, frames, crop) and
+    the forward precision. ``cfg``: the model/data config the datasets were built from."""
+    from ctrlaug.config import config_to_dict
+
+    c = config_to_dict(cfg)
+    fmt = (opts.dataset or cfg.dataset).lower()
+    return {
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
-        "mtime": os.path.getmtime(ckpt) if ckpt else 0,
         "random_init": bool(opts.random_init),
-        "dataset": opts.dataset,
-        "data_root": opts.data_root,
+        "encoder": {
+            "arch": cfg.arch,
+            "width": cfg.width,
+            "spatial_stride1_stages": list(cfg.spatial_stride1_stages),
+            "sha1": _tensor_digest(enc.state_dict()),
+        },
+        "dataset": fmt,
+        "data_root": opts.data_root or cfg.data_root,
+        "fold": cfg.fold,
         "split": split,
         "n": len(ds),
+        "clips": opts.clips,
+        "augment": c["augment"],
+        "data": c["data"],
+        "rendered": c.get(fmt),  # the synthetic / shapes settings; None for a dataset of files
+        "precision": opts.precision,
     }
+
+
+def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_dir: str | None, cfg=None):
+    """Clip features, cached as ``<out>/features_<split>.pt`` under :func:`feature_cache_key`
+    (reused only when every input of the features matches)."""
     path = os.path.join(cache_dir, f"features_{split}.pt") if cache_dir else None
+    key = feature_cache_key(enc, cfg, ds, split, opts, ckpt) if path else None
     if path and os.path.isfile(path):
         try:
             c = safe_load(path)  # weights_only: a planted cache never runs code
@@ -346,7 +491,14 @@ def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_di
             print(f"[ctrlaug.evaluate] ignoring the feature cache, recomputing it: {e}", file=sys.stderr)
         except Exception:
             pass
-    f, y = extract_clip_features(enc, ds, opts.batch_size, num_workers=opts.workers)
+    f, y = extract_clip_features(
+        enc,
+        ds,
+        opts.batch_size,
+        num_workers=opts.workers,
+        precision=opts.precision,
+        progress=f"features {split}" if opts.progress else None,
+    )
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         with atomic_open(path, "wb") as fh:
@@ -357,10 +509,14 @@ def _features(enc, ds, split: str, opts: EvalOptions, ckpt: str | None, cache_di
 def run(opts: EvalOptions, log=print) -> dict:
     """Run one protocol; writes ``<out>/eval_<protocol>.json`` and ``.md`` and returns the result
     dict. Bad input raises :class:`EvalError`."""
+    if opts.folds:
+        return run_folds(opts, log)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = resolve_device(opts.device)
-    enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init)
+    _check_precision(opts.precision, device)
+    fold = [f"fold={opts.fold}"] if opts.fold else []
+    enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, fold)
     enc.to(device)
     train_set, test_set = build_eval_datasets(
         cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips
@@ -380,7 +536,12 @@ def run(opts: EvalOptions, log=print) -> dict:
         "num_test": len(test_set),
         "clips": opts.clips,
         "num_classes": num_classes,
+        "precision": opts.precision,
     }
+    if get_format(res["dataset"]).folds:
+        res["fold"] = cfg.fold
+    res["provenance"] = provenance(device)
+    class_names = getattr(test_set, "classes", None)
     cache = out if opts.cache else None
     if opts.protocol == "finetune":
         crop = opts.finetune_aug == "crop"
@@ -406,23 +567,44 @@ def run(opts: EvalOptions, log=print) -> dict:
                 num_workers=opts.workers,
                 flip=flip and not crop,
                 log=log,
+                weight_decay=opts.weight_decay or 1e-5,
+                optimizer=opts.optimizer,
+                schedule=opts.schedule,
+                warmup_epochs=opts.warmup_epochs,
+                dropout=opts.dropout,
+                amp=opts.amp,
+                precision=opts.precision,
+                progress=opts.progress,
             )
         )
+        res.update(
+            {k: getattr(opts, k) for k in ("optimizer", "schedule", "warmup_epochs", "dropout", "amp")}
+        )
     else:
-        trf, trl = _features(enc, train_set, "train", opts, ckpt, cache)
-        tef, tel = _features(enc, test_set, "test", opts, ckpt, cache)
+        ecfg = _eval_config(cfg, opts.dataset, opts.data_root, opts.clips)
+        trf, trl = _features(enc, train_set, "train", opts, ckpt, cache, ecfg)
+        tef, tel = _features(enc, test_set, "test", opts, ckpt, cache, ecfg)
+        chunk = opts.chunk or None
         if opts.protocol == "linear":
             clf = fit_linear_clips(
                 trf, trl, num_classes, epochs=opts.epochs or 100, lr=opts.lr or 1e-2, seed=cfg.seed
             )
             with torch.no_grad():
-                res.update(evaluate_clips(clf(tef), tel))
+                logits = clf(tef)
+                res.update(evaluate_clips(logits, tel))
+            res.update(_video_metrics(logits.float().softmax(-1).mean(1), tel, test_set))
         elif opts.protocol == "retrieval":
-            r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl)
+            r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl, chunk=chunk)
             res.update({f"R@{k}": v for k, v in r.items()})
         else:
-            res["knn_top1"] = knn_top1(
-                trf.mean(1), trl, tef.mean(1), tel, k=opts.k, t=opts.t, num_classes=num_classes
+            votes = knn_votes(
+                trf.mean(1), trl, tef.mean(1), k=opts.k, t=opts.t, num_classes=num_classes, chunk=chunk
+            )
+            # the formula of knn_top1, on the votes computed once
+            res["knn_top1"] = (votes.argmax(1) == tel).float().mean().item() * 100
+            m = classification_metrics(votes, tel, ks=(5,), class_names=class_names)
+            res.update(
+                {"knn_top5": m["top5"], "knn_mean_class": m["mean_class"], "per_class": m["per_class"]}
             )
             res.update({"k": opts.k, "t": opts.t})
     res["seconds"] = round(time.perf_counter() - t0, 2)
@@ -430,7 +612,7 @@ def run(opts: EvalOptions, log=print) -> dict:
     stem = os.path.join(out, f"eval_{opts.protocol}{suffix}")
     with atomic_open(stem + ".json", "w") as f:
         json.dump(res, f, indent=2)
-    metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t")}
+    metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t", "dropout")}
     with atomic_open(stem + ".md", "w") as f:
         f.write(f"# {opts.protocol} evaluation\n\n")
         f.write(
@@ -443,6 +625,82 @@ def run(opts: EvalOptions, log=print) -> dict:
     res["json"], res["md"] = stem + ".json", stem + ".md"
     log(f"{opts.protocol}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()) + f" -> {stem}.json")
     return res
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    try:
+        resolve_precision(precision, device)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+
+
+def parse_folds(text: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]; EvalError for anything else than distinct positive integers."""
+    try:
+        folds = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise EvalError(f"--folds must be comma-separated fold numbers like 1,2,3, got {text!r}") from None
+    if not folds or min(folds) < 1 or len(set(folds)) != len(folds):
+        raise EvalError(f"--folds must be distinct fold numbers >= 1, got {text!r}")
+    return folds
+
+
+def run_folds(opts: EvalOptions, log=print) -> dict:
+    """One run per official fold of ``opts.folds`` (UCF-101 / HMDB-51: 1,2,3), each in
+    ``<out>/fold<N>/`` (its own report and feature cache; a finetune starts each fold from the
+    checkpoint again), then ``<out>/eval_<protocol>[_random]_folds.json`` and ``.md`` with, for
+    every number the protocol reports, the per-fold values, their mean and their spread (sample
+    standard deviation, 0 for one fold). Returns that summary dict."""
+    folds = parse_folds(opts.folds)
+    # the dataset decides whether folds exist: read it from the config the run would use
+    _, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init)
+    fmt = get_format(opts.dataset or cfg.dataset)
+    bad = [f for f in folds if f not in fmt.folds]
+    if not fmt.folds or bad:
+        have = ", ".join(map(str, fmt.folds)) or "none"
+        raise EvalError(f"--folds {opts.folds}: dataset {fmt.name!r} has official folds {have}")
+    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    per_fold = {}
+    for f in folds:
+        log(f"fold {f} of {','.join(map(str, folds))}")
+        one = dataclasses.replace(opts, folds=None, fold=f, out=os.path.join(out, f"fold{f}"))
+        per_fold[f] = run(one, log)
+    skip = ("seconds", "t", "dropout")
+    names = [k for k, v in per_fold[folds[0]].items() if isinstance(v, float) and k not in skip]
+    summary: dict = {
+        "protocol": opts.protocol,
+        "checkpoint": per_fold[folds[0]]["checkpoint"],
+        "random_init": bool(opts.random_init),
+        "dataset": fmt.name,
+        "folds": folds,
+        "metrics": {},
+        "reports": {f: r["json"] for f, r in per_fold.items()},
+        "provenance": provenance(per_fold[folds[0]]["device"]),
+    }
+    for k in names:
+        vals = [float(per_fold[f][k]) for f in folds]
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        summary["metrics"][k] = {"mean": mean, "std": std, "per_fold": vals}
+    os.makedirs(out, exist_ok=True)
+    stem = os.path.join(out, f"eval_{opts.protocol}{'_random' if opts.random_init else ''}_folds")
+    with atomic_open(stem + ".json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    with atomic_open(stem + ".md", "w") as fh:
+        fh.write(f"# {opts.protocol} evaluation, folds {','.join(map(str, folds))}\n\n")
+        fh.write(f"checkpoint: `{summary['checkpoint']}`; dataset: {fmt.name}\n\n")
+        fh.write("| metric | mean | std | " + " | ".join(f"fold {f}" for f in folds) + " |\n")
+        fh.write("|---|---|---|" + "---|" * len(folds) + "\n")
+        for k, m in summary["metrics"].items():
+            cells = " | ".join(f"{v:.2f}" for v in m["per_fold"])
+            fh.write(f"| {k} | {m['mean']:.2f} | {m['std']:.2f} | {cells} |\n")
+    summary["json"], summary["md"] = stem + ".json", stem + ".md"
+    log(
+        f"{opts.protocol} over folds {','.join(map(str, folds))}: "
+        + ", ".join(f"{k} {m['mean']:.1f}+-{m['std']:.1f}" for k, m in summary["metrics"].items())
+        + f" -> {stem}.json"
+    )
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,6 +746,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=0, help="DataLoader worker processes for decoding (default 0)"
     )
+    p.add_argument(
+        "--fold", type=int, default=0, help="official split of ucf101/hmdb51 (default: the config's fold)"
+    )
+    p.add_argument(
+        "--folds",
+        help="comma-separated official splits, e.g. 1,2,3 (ucf101/hmdb51): one run per fold in "
+        "<out>/fold<N>/, then eval_<protocol>_folds.json with mean and std",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="forward precision of feature extraction and testing: fp32 (default), bf16, fp16 "
+        "(CUDA), auto (bf16 on a CUDA device that has it, else fp32)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="knn/retrieval: queries per similarity block (memory chunk x gallery; 0 = auto, "
+        "blocks of at most 256 MB); results do not depend on it",
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="finetune weight decay (default 1e-5)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="finetune optimizer")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, default="constant", help="finetune lr schedule (per iteration)"
+    )
+    p.add_argument("--warmup-epochs", type=int, default=0, help="finetune linear lr warm-up epochs")
+    p.add_argument("--dropout", type=float, default=0.0, help="finetune dropout before the linear layer")
+    p.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="finetune mixed precision on CUDA (fp16 with a gradient scaler)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars on stderr")
     return p
 
 

@@ -18,8 +18,9 @@ retrieval) belongs to evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,10 +29,16 @@ from torch.utils.data import DataLoader
 
 from ctrlaug.data import collate_views
 from ctrlaug.models import pool, prepare_input
+from ctrlaug.utils.progress import Progress
 
 __all__ = [
     "retrieval_recall",
     "knn_top1",
+    "knn_votes",
+    "classification_metrics",
+    "query_chunks",
+    "resolve_precision",
+    "autocast",
     "clip_loader",
     "extract_clip_features",
     "fit_linear_clips",
@@ -46,12 +53,29 @@ def _l2n(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=1)
 
 
+# Similarity blocks of at most this many float32 entries (256 MB) when no chunk is given: the
+# demo's and the tests' sizes are one block, computed exactly as a single query x gallery product.
+CHUNK_ELEMENTS = 1 << 26
+
+
+def query_chunks(num_queries: int, gallery_size: int, chunk: int | None = None) -> Iterator[slice]:
+    """Row slices of the queries for a chunked query x gallery computation: ``chunk`` queries at
+    a time (None or 0: as many as fit :data:`CHUNK_ELEMENTS` similarity entries, at least 1), so
+    the similarity block is at most ``chunk x gallery_size``."""
+    if chunk is not None and chunk < 0:
+        raise ValueError(f"chunk must be >= 0, got {chunk}")
+    n = chunk or max(1, CHUNK_ELEMENTS // max(gallery_size, 1))
+    for a in range(0, num_queries, n):
+        yield slice(a, min(a + n, num_queries))
+
+
 def retrieval_recall(
     query_feats: torch.Tensor,
     query_labels: torch.Tensor,
     gallery_feats: torch.Tensor,
     gallery_labels: torch.Tensor,
     ks: Sequence[int] = (1, 5, 10, 20, 50),
+    chunk: int | None = None,
 ) -> dict[int, float]:
     """Top-k retrieval recall (paper §4.3, the protocol of its Table 3), cosine similarity.
 
@@ -59,6 +83,8 @@ def retrieval_recall(
         query_feats: float [Q, C] (test videos); query_labels: int [Q].
         gallery_feats: float [G, C] (train videos); gallery_labels: int [G].
         ks: cut-offs; a k larger than G is clipped to G (its value is still reported under k).
+        chunk: queries per similarity block (:func:`query_chunks`; memory O(chunk x G)); the
+            result does not depend on it.
 
     Returns ``{k: recall in %}``: the share of queries with at least one of their k most similar
     gallery items of the same class.
@@ -73,10 +99,44 @@ def retrieval_recall(
     if g.shape[0] == 0 or q.shape[0] == 0:
         raise ValueError("retrieval_recall: empty query or gallery")
     kmax = min(max(ks), g.shape[0])
-    idx = (q @ g.T).topk(kmax, dim=1).indices  # [Q, kmax], most similar first
-    hit = gl[idx] == ql[:, None]  # [Q, kmax]
-    first = torch.cumsum(hit.int(), dim=1) > 0  # hit within the first j+1
-    return {int(k): first[:, min(k, kmax) - 1].float().mean().item() * 100 for k in ks}
+    cols = [min(k, kmax) - 1 for k in ks]
+    hits = torch.empty(q.shape[0], len(ks), dtype=torch.bool)  # [Q, len(ks)]
+    for sl in query_chunks(q.shape[0], g.shape[0], chunk):
+        idx = (q[sl] @ g.T).topk(kmax, dim=1).indices  # [chunk, kmax], most similar first
+        hit = gl[idx] == ql[sl, None]  # [chunk, kmax]
+        first = torch.cumsum(hit.int(), dim=1) > 0  # hit within the first j+1
+        hits[sl] = first[:, cols]
+    return {int(k): hits[:, i].float().mean().item() * 100 for i, k in enumerate(ks)}
+
+
+def knn_votes(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    k: int = 20,
+    t: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Weighted kNN class votes float [M, num_classes] of each test item (see :func:`knn_top1`),
+    computed ``chunk`` test items at a time (:func:`query_chunks`; memory O(chunk x N)); the
+    votes do not depend on ``chunk``. ``num_classes`` defaults to the largest train label + 1."""
+    tr, te = _l2n(train_feats), _l2n(test_feats)
+    trl = torch.as_tensor(train_labels).long()
+    if tr.shape[0] != trl.shape[0] or tr.shape[1] != te.shape[1]:
+        raise ValueError(
+            f"knn: shape mismatch train {tuple(tr.shape)}/{tuple(trl.shape)} vs test {tuple(te.shape)}"
+        )
+    if tr.shape[0] == 0:
+        raise ValueError("knn: empty train set")
+    C = int(num_classes or int(trl.max()) + 1)
+    k = min(k, tr.shape[0])
+    votes = torch.zeros(te.shape[0], C)
+    for sl in query_chunks(te.shape[0], tr.shape[0], chunk):
+        sim, idx = (te[sl] @ tr.T).topk(k, dim=1)  # [chunk, k]
+        w = (sim / t).exp()
+        votes[sl] = torch.zeros(sim.shape[0], C).scatter_add_(1, trl[idx], w)
+    return votes
 
 
 def knn_top1(
@@ -87,21 +147,56 @@ def knn_top1(
     k: int = 20,
     t: float = 0.07,
     num_classes: int | None = None,
+    chunk: int | None = None,
 ) -> float:
     """Weighted kNN top-1 (%) on frozen features (instance-discrimination style monitor).
 
     Features float [N, C] are L2-normalised; each test item takes its k most cosine-similar train
     items, each voting for its class with weight ``exp(sim / t)``; the class with the largest vote
-    wins. Labels int [N]. Usable as a cheap monitor during pretraining.
+    wins. Labels int [N]. Usable as a cheap monitor during pretraining. ``chunk``: test items
+    per similarity block (:func:`knn_votes`); the result does not depend on it.
     """
-    tr, te = _l2n(train_feats), _l2n(test_feats)
     trl, tel = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
     C = int(num_classes or int(max(trl.max(), tel.max())) + 1)
-    k = min(k, tr.shape[0])
-    sim, idx = (te @ tr.T).topk(k, dim=1)  # [M, k]
-    w = (sim / t).exp()
-    votes = torch.zeros(te.shape[0], C).scatter_add_(1, trl[idx], w)
+    votes = knn_votes(train_feats, trl, test_feats, k=k, t=t, num_classes=C, chunk=chunk)
     return (votes.argmax(1) == tel).float().mean().item() * 100
+
+
+def classification_metrics(
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    ks: Sequence[int] = (1, 5),
+    class_names: Sequence[str] | None = None,
+) -> dict:
+    """Standard classification numbers from scores float [N, K] (logits, probabilities or kNN
+    votes; larger = more likely) and labels int [N], all in %:
+
+    ``top{k}`` for each k (the label among the k highest scores; top-1 by ``argmax``, k clipped
+    to K), ``mean_class`` (top-1 per class, averaged over the classes present in ``labels``) and
+    ``per_class`` ``{class name or index: {"n": videos, "top1": %}}`` for the classes present.
+    """
+    scores = scores.float()
+    labels = torch.as_tensor(labels).long()
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"classification_metrics: scores {tuple(scores.shape)} vs labels {tuple(labels.shape)}"
+        )
+    out: dict = {}
+    correct = scores.argmax(1) == labels
+    for k in ks:
+        if k == 1:
+            out["top1"] = correct.float().mean().item() * 100
+        else:
+            top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+            out[f"top{k}"] = (top == labels[:, None]).any(1).float().mean().item() * 100
+    per_class = {}
+    for c in labels.unique().tolist():
+        m = labels == c
+        name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+        per_class[name] = {"n": int(m.sum()), "top1": correct[m].float().mean().item() * 100}
+    out["mean_class"] = sum(v["top1"] for v in per_class.values()) / max(len(per_class), 1)
+    out["per_class"] = per_class
+    return out
 
 
 def clip_loader(
@@ -114,29 +209,72 @@ def clip_loader(
     )
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of a forward-only pass: None (float32) for ``fp32``, bfloat16 for
+    ``bf16``, float16 for ``fp16`` (CUDA only), and for ``auto`` bfloat16 on a CUDA device with
+    bf16 support, else None. ValueError for an unknown name or fp16 off CUDA."""
+    dev = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        ok = dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device, got {dev}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None):
+    """``torch.autocast`` on ``device``'s type with ``dtype``; a no-op context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
 @torch.no_grad()
 def extract_clip_features(
-    encoder: nn.Module, dataset, batch_size: int = 4, num_workers: int = 0, head: nn.Module | None = None
+    encoder: nn.Module,
+    dataset,
+    batch_size: int = 4,
+    num_workers: int = 0,
+    head: nn.Module | None = None,
+    *,
+    precision: str = "fp32",
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every clip of an eval-mode dataset, on the encoder's device.
 
     Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); with ``head``
     (on the same device), ``head(features)`` instead, e.g. a classifier's logits [N, V, K]. The
     encoder runs in eval mode (BN running statistics) and is put back in its previous mode.
+    ``precision`` (:func:`resolve_precision`): ``bf16`` runs the forward under bfloat16 autocast
+    (features still returned as float32); ``fp32`` (default) is plain float32. ``progress``: a
+    label to show a progress bar (:class:`ctrlaug.utils.progress.Progress`) on stderr.
     """
     was = encoder.training
     encoder.eval()
     dev = next(encoder.parameters()).device
+    dtype = resolve_precision(precision, dev)
+    bar = Progress(len(dataset), progress, unit="videos") if progress else None
     feats, labels = [], []
     try:
         for b in clip_loader(dataset, batch_size, num_workers=num_workers):
             v = b["views"].to(dev)  # uint8 [B, V, 3, F, S, S]
             B, V = v.shape[:2]
-            f = pool(encoder(prepare_input(v.flatten(0, 1))))
-            feats.append((f if head is None else head(f)).float().view(B, V, -1).cpu())
+            with autocast(dev, dtype):
+                f = pool(encoder(prepare_input(v.flatten(0, 1))))
+                f = f if head is None else head(f)
+            feats.append(f.float().view(B, V, -1).cpu())
             labels.append(b["label"])
+            if bar:
+                bar.update(B)
     finally:
         encoder.train(was)
+        if bar:
+            bar.close()
     return torch.cat(feats), torch.cat(labels)
 
 

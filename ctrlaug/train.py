@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from ctrlaug.augment import augment_batch, sample_batch_levels
@@ -73,6 +74,7 @@ from ctrlaug.utils.checkpoint import (
 )
 from ctrlaug.utils.device import resolve_device
 from ctrlaug.utils.metrics import MetricWriter, ProgressBar, plot_losses
+from ctrlaug.utils.provenance import write_provenance
 from ctrlaug.utils.runlock import FolderBusyError, FolderUnusableError, RunLock
 
 __all__ = [
@@ -698,6 +700,7 @@ class Trainer:
         if self.main:
             os.makedirs(cfg.out_dir, exist_ok=True)
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+            write_provenance(cfg.out_dir, self.device, world_size=self.world)
         fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
         fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
         files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
@@ -961,6 +964,7 @@ def _parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
 
 
 USAGE = """usage: python -m ctrlaug.train [--config FILE.yaml] [key=value ...]
+       python -m ctrlaug.train --print-config [--config FILE.yaml] [key=value ...]
        torchrun --nproc_per_node N -m ctrlaug.train [--config FILE.yaml] [key=value ...]
 
 No arguments: the embedded demo (small R3D-18, shapes benchmark, CPU, a few minutes), then a
@@ -975,11 +979,15 @@ keys (default  [type] {choices}):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        path, overrides, want_help = _parse_args(argv)
+        print_config = "--print-config" in argv
+        path, overrides, want_help = _parse_args([a for a in argv if a != "--print-config"])
         if want_help:
             print(USAGE + help_text())
             return 0
         cfg = load_config(path, overrides)
+        if print_config:  # the resolved config (defaults < file < overrides), as config.yaml holds it
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,13 @@
 
 from collections.abc import Sequence
 
+from .backbone import (
+    build_torchvision_r3d18,
+    load_backbone,
+    read_backbone,
+    save_backbone,
+    torchvision_state_dict,
+)
 from .heads import (
     ORDER_HEADS,
     GRUMLPOrderHead,
@@ -27,6 +34,11 @@ __all__ = [
     "StatisticsNetwork",
     "VCOPHead",
     "build_encoder",
+    "build_torchvision_r3d18",
+    "load_backbone",
+    "read_backbone",
+    "save_backbone",
+    "torchvision_state_dict",
     "build_order_head",
     "normalize_input",
     "pool",
