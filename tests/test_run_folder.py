@@ -109,9 +109,9 @@ def test_a_malicious_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, 
     cache = tmp_path / "cache"
     cache.mkdir()
     torch.save({"key": None, "feats": Payload(str(marker)), "labels": None}, cache / "features_train.pt")
-    enc, _, ck = load_encoder(cfg.out_dir)
+    enc, ecfg, ck = load_encoder(cfg.out_dir)
     monkeypatch.setattr(ev, "extract_clip_features", lambda *a, **k: (torch.zeros(2, 1, 4), torch.zeros(2)))
-    feats, _ = _features(enc, [0, 1], "train", EvalOptions("knn", checkpoint=ck), ck, str(cache))
+    feats, _ = _features(enc, [0, 1], "train", EvalOptions("knn", checkpoint=ck), ck, str(cache), ecfg)
     assert feats.shape == (2, 1, 4) and "ignoring the feature cache" in capsys.readouterr().err
     assert safe_load(str(cache / "features_train.pt"))["feats"].shape == (2, 1, 4)  # rewritten clean
     assert not marker.exists(), "a loader ran the checkpoint's payload"
