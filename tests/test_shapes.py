@@ -154,7 +154,9 @@ def test_demo_probe_json_schema(tmp_path):
     assert res["primary"] == "shape"
     assert set(res["factors"]) == set(FACTORS)
     for f, r in res["factors"].items():
-        assert set(r) == {"trained", "random_init", "chance"}
+        assert set(r) == {"trained", "random_init", "random_init_floor", "chance"}
+        fl = r.pop("random_init_floor")  # the floor over three inits; the first is random_init
+        assert fl["n"] == 3 and fl["values"][0] == pytest.approx(r["random_init"], abs=0.01)
         assert all(0.0 <= r[k] <= 100.0 for k in r), (f, r)
     assert res["factors"]["shape"]["chance"] == pytest.approx(12.5)
     assert "(primary)" in open(out / "probe.txt").read()
