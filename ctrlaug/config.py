@@ -191,18 +191,10 @@ class TrainConfig:
     def _problems(self) -> list[str]:
         """Cross-field checks."""
         errs = []
-        bad = [s for s in self.global_stride1_stages if s not in (2, 3, 4)]
-        if bad or len(set(self.global_stride1_stages)) != len(self.global_stride1_stages):
-            errs.append(
-                f"global_stride1_stages: invalid value {self.global_stride1_stages!r}; "
-                "valid choices: a subset of [2, 3, 4]"
-            )
-        bad = [s for s in self.spatial_stride1_stages if s not in (2, 3, 4)]
-        if bad or len(set(self.spatial_stride1_stages)) != len(self.spatial_stride1_stages):
-            errs.append(
-                f"spatial_stride1_stages: invalid value {self.spatial_stride1_stages!r}; "
-                "valid choices: a subset of [2, 3, 4]"
-            )
+        for key in ("global_stride1_stages", "spatial_stride1_stages"):
+            stages = getattr(self, key)
+            if any(s not in (2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
+                errs.append(f"{key}: invalid value {stages!r}; valid choices: a subset of [2, 3, 4]")
         if not any(c.enabled for c in (self.rc, self.mi, self.td, self.nce)):
             errs.append("rc, mi, td, nce: every objective is off; enable at least one")
         if self.td.enabled and self.augment.num_clips < 2:

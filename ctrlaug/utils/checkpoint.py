@@ -73,6 +73,14 @@ class NonFiniteStateError(CheckpointError):
     """A state to be saved holds NaN/inf tensors: it is not written."""
 
 
+def _save_synced(state: dict, path: str) -> None:
+    """torch.save ``state`` to ``path`` and fsync it (the temp-file half of an atomic write)."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _path(out_dir: str, step: int) -> str:
     return os.path.join(out_dir, f"ckpt_{step:09d}.pt")
 
@@ -229,10 +237,7 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
     final = _path(out_dir, step)
     tmp = f"{final}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _save_synced(state, tmp)
         digest = _sha256(tmp)
         # the checksum first: a kill between the two renames leaves a checksum that does not match
         # (the checkpoint is then passed over) or one without its checkpoint (removed by the prune)
@@ -352,10 +357,7 @@ def upgrade(path: str) -> str:
         state["rng"] = _rng_from_legacy(state["rng"])
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _save_synced(state, tmp)
         safe_load(tmp)  # what is left must load without the full unpickler
         os.replace(path, path + ".orig")
         atomic_write(path + SUM, f"{_sha256(tmp)}  {os.path.basename(path)}\n")
