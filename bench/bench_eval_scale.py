@@ -3,7 +3,7 @@
 pytest bench/bench_eval_scale.py --benchmark-only   (MALLOC_MMAP_THRESHOLD_=65536 for exact memory)
 
 The full query x gallery similarity matrix of this size would be 40 GB of float32; the chunked
-functions keep one block of at most 256 MB (``ctrlaug.probe.CHUNK_ELEMENTS``) plus the features.
+functions keep one block of at most 256 MB (``ctrlaug.eval.metrics.CHUNK_ELEMENTS``) plus the features.
 Each call is timed once (a 100k x 100k run takes minutes on 2 CPU cores); "peak extra MiB" is the
 resident-set high-water mark beyond the inputs. CTRLAUG_BENCH_SMOKE=1: 4k x 4k.
 """
@@ -14,7 +14,7 @@ import pytest
 import torch
 from common import SMOKE, load_average, peak_extra_bytes, provenance
 
-from ctrlaug.probe import CHUNK_ELEMENTS, knn_top1, retrieval_recall
+from ctrlaug.eval.metrics import CHUNK_ELEMENTS, knn_top1, retrieval_recall
 
 N = 4000 if SMOKE else 100_000  # queries = gallery items
 C = 64  # feature width (R3D-18 gives 512: 8x the matmul work here, the same similarity memory)

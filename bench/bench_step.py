@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import time_once  # noqa: E402
 
 from ctrlaug.config import load_config  # noqa: E402
-from ctrlaug.train import Trainer  # noqa: E402
+from ctrlaug.engine.trainer import Trainer  # noqa: E402
 
 PRESETS = {
     "cpu": [
@@ -112,7 +113,7 @@ def main() -> int:
     B, V = batch["boxes"].shape[:2]
     res["augmentation"] = time_once(lambda: tr.prepare_views(batch), dev, args.reps)
     inp = tr.prepare_views(batch)
-    clips, glob = inp.clips, inp.glob
+    clips, glob = inp.clips, inp.global_views
 
     # ---- encoder forward + backward --------------------------------------------------------------
     with torch.no_grad(), amp:
@@ -133,9 +134,7 @@ def main() -> int:
     def losses(only=None):
         fc = fc_f.detach().requires_grad_()
         fg = fg_f.detach().requires_grad_()
-        out = obj.losses(
-            fc, fg, inp.clip_boxes, inp.global_boxes, inp.levels, inp.video_index, 1, queue, only=only
-        )
+        out = obj.losses(fc, fg, dataclasses.replace(inp, step_seed=1), queue, only=only)
         out["loss"].backward()
 
     for n in obj.enabled:
@@ -144,9 +143,9 @@ def main() -> int:
 
     # ---- optimizer -----------------------------------------------------------------------------
     def opt_step():
-        tr.opt.step()
-        if tr.mi_opt is not None:
-            tr.mi_opt.step()
+        tr.optimizer.step()
+        if tr.mi_optimizer is not None:
+            tr.mi_optimizer.step()
 
     res["optimizer"] = time_once(opt_step, dev, args.reps)
 

@@ -8,8 +8,9 @@ import warnings
 import pytest
 from tiny import TINY as BASE_TINY
 
-from ctrlaug import ablate
+from ctrlaug.ablate import main as ablate_main
 from ctrlaug.config import load_config
+from ctrlaug.studies import ablate
 
 
 def _fake_diag(seed: int, base: float) -> dict:
@@ -111,12 +112,12 @@ def test_resume_skip_and_summaries(tmp_path, diag, capsys):
     fake, calls = _fake({0: 50.0, 1: 60.0})
     hooks = dict(train_fn=fake, **diag)
     out = str(tmp_path / "abl")
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--epochs", "2", "--no-plot"], **hooks) == 0
+    assert ablate_main(["table7", "--seeds", "0,1", "--out", out, "--epochs", "2", "--no-plot"], **hooks) == 0
     assert len(calls) == 12 and all("epochs=2" in c for c in calls)
     res = json.load(open(os.path.join(out, "table7", "l_rc", "seed1", "result.json")))
     assert res["top1"] == 60.0 and res["seed"] == 1 and res["row"] == "L_rc"
     # Second invocation: everything is skipped.
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
+    assert ablate_main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
     assert len(calls) == 12
     assert "result exists, skipped" in capsys.readouterr().out
     summary = json.load(open(os.path.join(out, "table7.json")))
@@ -129,7 +130,7 @@ def test_resume_skip_and_summaries(tmp_path, diag, capsys):
     assert "Random-init encoder baseline: 20.5 ± 0.7" in md
     # A deleted result is re-run, and only that one.
     os.remove(os.path.join(out, "table7", "l_nce", "seed0", "result.json"))
-    assert ablate.main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
+    assert ablate_main(["table7", "--seeds", "0,1", "--out", out, "--no-plot"], **hooks) == 0
     assert len(calls) == 13
 
 
@@ -151,7 +152,7 @@ def test_ordering_sentence_and_markdown(tmp_path, diag):
 def test_dry_run_trains_nothing(tmp_path, diag, capsys):
     fake, calls = _fake({0: 1.0})
     assert (
-        ablate.main(["table4", "--seeds", "0", "--out", str(tmp_path), "--dry-run"], train_fn=fake, **diag)
+        ablate_main(["table4", "--seeds", "0", "--out", str(tmp_path), "--dry-run"], train_fn=fake, **diag)
         == 0
     )
     out = capsys.readouterr().out
@@ -162,7 +163,7 @@ def test_dry_run_trains_nothing(tmp_path, diag, capsys):
 def test_bad_override_fails_before_training(tmp_path, diag, capsys):
     fake, calls = _fake({0: 1.0})
     argv = ["table6", "--seeds", "0", "--out", str(tmp_path), "no_such_key=1"]
-    assert ablate.main(argv, train_fn=fake, **diag) == 2
+    assert ablate_main(argv, train_fn=fake, **diag) == 2
     assert "no_such_key" in capsys.readouterr().err and not calls
 
 
@@ -192,11 +193,11 @@ def test_diagnostics_added_once_and_summarised(tmp_path, diag):
     hooks = dict(train_fn=fake, **diag)
     out = str(tmp_path)
     argv = ["table7", "--seeds", "0,1", "--out", out, "--no-plot", "--rows", "l_nce"]
-    assert ablate.main(argv, **hooks) == 0
+    assert ablate_main(argv, **hooks) == 0
     assert len(diag.calls) == 2
     res = json.load(open(tmp_path / "table7" / "l_nce" / "seed1" / "result.json"))
     assert res["diagnostics"]["level"] == 41.0 and res["factors"]["shape"]["trained"] == 71.0
-    assert ablate.main(argv, **hooks) == 0 and len(diag.calls) == 2  # not diagnosed twice
+    assert ablate_main(argv, **hooks) == 0 and len(diag.calls) == 2  # not diagnosed twice
     md = open(tmp_path / "table7.md").read()
     # row: shape 70.5 ± 0.7, level 40.5 ± 0.7, arrow 50.5 ± 0.7, focus 1.05 ± 0.07
     assert "| L_nce | 70.5 ± 0.7 | 30.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
@@ -204,7 +205,7 @@ def test_diagnostics_added_once_and_summarised(tmp_path, diag):
     assert "| random init | 30.0 ± 0.0 | 50.5 ± 0.7 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
     # --no-diagnose leaves new runs without diagnostics
     argv2 = ["table7", "--seeds", "2", "--out", out, "--no-plot", "--rows", "l_nce", "--no-diagnose"]
-    assert ablate.main(argv2, **hooks) == 0 and len(diag.calls) == 2
+    assert ablate_main(argv2, **hooks) == 0 and len(diag.calls) == 2
 
 
 def test_tiny_real_run_end_to_end(tmp_path):
@@ -216,7 +217,7 @@ def test_tiny_real_run_end_to_end(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         argv = ["table7", "--seeds", "0", "--out", str(tmp_path), "--epochs", "1", "--rows", "l_rc", *TINY]
-        assert ablate.main(argv, **hooks) == 0
+        assert ablate_main(argv, **hooks) == 0
     res = json.load(open(tmp_path / "table7" / "l_rc" / "seed0" / "result.json"))
     assert 0.0 <= res["top1"] <= 100.0 and 0.0 <= res["random_top1"] <= 100.0 and res["steps"] >= 1
     assert "epochs=1" in res["overrides"]
@@ -229,12 +230,12 @@ def test_tiny_real_run_end_to_end(tmp_path):
 def test_rows_filter(tmp_path, diag, capsys):
     fake, calls = _fake({0: 33.0})
     argv = ["table7", "--seeds", "0", "--out", str(tmp_path), "--no-plot", "--rows", "L_rc+L_mi+L_td,l_nce"]
-    assert ablate.main(argv, train_fn=fake, **diag) == 0
+    assert ablate_main(argv, train_fn=fake, **diag) == 0
     assert len(calls) == 2
     summary = json.load(open(tmp_path / "table7.json"))
     assert [r["n"] for r in summary["rows"]] == [1, 0, 0, 0, 0, 1]
     assert "| L_rc | — | 0 | 61.4 | 32.5 |" in open(tmp_path / "table7.md").read()
-    assert ablate.main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"], **diag) == 2
+    assert ablate_main(["table7", "--out", str(tmp_path), "--rows", "bogus", "--dry-run"], **diag) == 2
     assert "unknown row(s) bogus" in capsys.readouterr().err
 
 
@@ -250,7 +251,7 @@ def test_calibration_adds_the_demo_gate_per_row_and_seed(tmp_path, diag, capsys)
     fake, _ = _fake({0: 50.0, 1: 35.0})  # closes 0.50 of seed 0's gap, 0.17 of seed 1's
     out = str(tmp_path / "abl")
     argv = ["table6", "--seeds", "0,1", "--out", out, "--no-plot", "--calibration", str(path)]
-    assert ablate.main(argv, train_fn=fake, **diag) == 0
+    assert ablate_main(argv, train_fn=fake, **diag) == 0
     summary = json.load(open(os.path.join(out, "table6.json")))
     row = summary["rows"][0]
     assert row["gap_closed"] == {"0": pytest.approx(0.5), "1": pytest.approx(5 / 30)}
@@ -261,10 +262,10 @@ def test_calibration_adds_the_demo_gate_per_row_and_seed(tmp_path, diag, capsys)
     cal["seeds"], cal["factors"]["shape"]["supervised"] = [0], [80.0]
     path.write_text(json.dumps(cal))
     argv = ["table6", "--seeds", "0,1", "--out", str(tmp_path / "b"), "--calibration", str(path)]
-    assert ablate.main(argv, train_fn=fake, **diag) == 2
+    assert ablate_main(argv, train_fn=fake, **diag) == 2
     assert "seeds [1] were not calibrated" in capsys.readouterr().err
     path.write_text("{not json")
-    assert ablate.main(argv, train_fn=fake, **diag) == 2
+    assert ablate_main(argv, train_fn=fake, **diag) == 2
     assert f"--calibration {path}: cannot read it" in capsys.readouterr().err
 
 
@@ -280,7 +281,7 @@ def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
     fake, calls = _fake({0: 50.0})
     out = str(tmp_path / "abl")
     argv = ["table7", "--config", str(cfg_file), "--seeds", "0", "--out", out, "--rows", "l_rc", "--no-plot"]
-    assert ablate.main([*argv, "epochs=2"], train_fn=fake, **diag) == 0
+    assert ablate_main([*argv, "epochs=2"], train_fn=fake, **diag) == 0
     (ov,) = calls
     cfg = load_config(None, ov)
     ref = load_config(str(cfg_file), ["epochs=2", "nce=false", "rc=true", "mi=false", "td=false"])
@@ -290,6 +291,6 @@ def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
     assert (cfg.rc.enabled, cfg.mi.enabled, cfg.td.enabled) == (True, False, False)
     bad = tmp_path / "bad.yaml"
     bad.write_text("augment: [unclosed\n")
-    assert ablate.main(["table7", "--config", str(bad), "--out", out], train_fn=fake, **diag) == 2
+    assert ablate_main(["table7", "--config", str(bad), "--out", out], train_fn=fake, **diag) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and len(err.strip().splitlines()) == 1 and len(calls) == 1

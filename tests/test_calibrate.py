@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from ctrlaug.calibrate import calibrate, main, pretrain_steps, to_markdown
+from ctrlaug.calibrate import main
 from ctrlaug.config import ConfigError, load_config
+from ctrlaug.studies.calibrate import calibrate, pretrain_steps, to_markdown
 
 TINY = [
     "shapes.train_per_class=2",
@@ -57,7 +58,7 @@ def test_cli_writes_json_and_markdown(tmp_path):
 
 
 def test_gap_closed_is_per_seed_against_that_seeds_floor_and_ceiling():
-    from ctrlaug.calibrate import GATE_FRACTION, gap_closed
+    from ctrlaug.studies.calibrate import GATE_FRACTION, gap_closed
 
     cal = {
         "primary": "shape",

@@ -562,7 +562,7 @@ def test_format_registry_is_the_one_source_of_format_names_and_defaults():
     from ctrlaug.config import DATASETS, load_config
     from ctrlaug.data import FORMAT_REGISTRY, FORMATS, canonical_format, format_splits, get_format
     from ctrlaug.data.records import RENDERED
-    from ctrlaug.train import lr_milestones
+    from ctrlaug.engine.build import lr_milestones
 
     # the readers and the rendered sets are exactly the registered formats
     assert set(FORMATS) | set(RENDERED) == {f.name for f in FORMAT_REGISTRY}
@@ -598,7 +598,7 @@ def test_training_reports_bad_videos_per_epoch(bad_files, tmp_path, capsys):
     from tiny import TINY
 
     from ctrlaug.config import load_config
-    from ctrlaug.train import train
+    from ctrlaug.engine.trainer import train
     from ctrlaug.utils.metrics import read_csv
 
     lst = tmp_path / "mixed.csv"

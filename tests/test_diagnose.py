@@ -16,19 +16,19 @@ import torch
 from ctrlaug.augment import AugmentConfig, level_components
 from ctrlaug.config import load_config
 from ctrlaug.data.shapes import MOTIONS, ShapesConfig, render_shapes
-from ctrlaug.diagnose import (
+from ctrlaug.diagnose import main
+from ctrlaug.models import build_encoder
+from ctrlaug.studies.diagnose import (
     LEVEL_COMPONENTS,
     centre_clip,
     diagnose,
     focus_ratio,
     level_decodability,
-    main,
     masks_to_grid,
     reversal_decodability,
     reverse_clip,
     video_split,
 )
-from ctrlaug.models import build_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,7 +82,7 @@ def test_features_that_encode_the_level_decode_it_and_random_features_do_not():
 
 def test_applied_values_decode_from_features_that_carry_them_linearly():
     from ctrlaug.augment import sample_level_params
-    from ctrlaug.diagnose import APPLIED, applied_decodability, quantile_bins
+    from ctrlaug.studies.diagnose import APPLIED, applied_decodability, quantile_bins
 
     aug = AugmentConfig()
     n, v = 160, 4
@@ -274,7 +274,7 @@ def test_focus_control_is_one_for_shuffled_masks_and_the_pairing_has_no_fixed_po
     grid with one-cell objects); the same maps scored against another clip's mask score 1 on
     average, since the object's cell is independent of the map; a map that ignores the object
     (uniform) scores 1 both ways."""
-    from ctrlaug.diagnose import shuffled_pairing
+    from ctrlaug.studies.diagnose import shuffled_pairing
 
     n = 4000
     g = torch.Generator().manual_seed(0)
@@ -316,7 +316,7 @@ def test_level_premise_the_signed_reading_shares_low_level_statistics_the_unsign
     """L_mi's premise (paper §3.2): views of one level share low-level statistics. A hand-made
     descriptor (channel means/stds, saturation, hue, gradient energy) reads the signed brightness
     and contrast bins well above chance, and the unsigned bins (random sign) at chance."""
-    from ctrlaug.diagnose import level_premise, lowlevel_descriptor
+    from ctrlaug.studies.diagnose import level_premise, lowlevel_descriptor
 
     over = ["augment.size=32"]
     res = {}
@@ -335,7 +335,7 @@ def test_order_probe_reads_order_from_time_carrying_features_and_chance_from_ran
     """The L_td order study's fresh classifier: clip features that carry each clip's time (its
     centre plus noise, the video's own offset) tell the true order from a deranged one; features
     without time (random) sit at chance 50 on held-out videos."""
-    from ctrlaug.diagnose import order_decodability
+    from ctrlaug.studies.diagnose import order_decodability
 
     n, k, c = 600, 4, 4
     g = torch.Generator().manual_seed(0)

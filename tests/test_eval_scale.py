@@ -19,29 +19,15 @@ import yaml
 from tiny import TINY
 
 from ctrlaug.config import config_to_dict, load_config
-from ctrlaug.evaluate import (
-    EvalError,
-    EvalOptions,
-    build_eval_datasets,
-    evaluate_clips,
-    feature_cache_key,
-    finetune,
-    lr_factor,
-    parse_folds,
-    run,
-    run_folds,
-)
+from ctrlaug.errors import EvalError
+from ctrlaug.eval.datasets import build_eval_datasets
+from ctrlaug.eval.features import clip_loader, extract_clip_features, feature_cache_key, resolve_precision
+from ctrlaug.eval.finetune import finetune, lr_factor
+from ctrlaug.eval.linear import evaluate_clips
+from ctrlaug.eval.metrics import classification_metrics, knn_top1, knn_votes, query_chunks, retrieval_recall
+from ctrlaug.eval.options import EvalOptions
+from ctrlaug.eval.protocols import parse_folds, run, run_folds
 from ctrlaug.models import build_encoder, pool, prepare_input
-from ctrlaug.probe import (
-    classification_metrics,
-    clip_loader,
-    extract_clip_features,
-    knn_top1,
-    knn_votes,
-    query_chunks,
-    resolve_precision,
-    retrieval_recall,
-)
 from ctrlaug.utils.progress import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +92,7 @@ def test_default_chunk_is_one_block_for_small_problems_and_bounded_for_large():
 _PEAK = textwrap.dedent(
     """
     import sys, torch
-    from ctrlaug.probe import knn_top1, retrieval_recall
+    from ctrlaug.eval.metrics import knn_top1, retrieval_recall
 
     def status(key):
         with open("/proc/self/status") as f:
@@ -262,7 +248,7 @@ def test_folds_are_parsed_refused_without_official_splits_and_averaged(tiny_yaml
         run_folds(EvalOptions("knn", config=tiny_yaml, random_init=True, folds="1,2", out=str(tmp_path)))
     with pytest.raises(EvalError, match="official folds 1, 2, 3"):
         run_folds(EvalOptions("knn", config=tiny_yaml, random_init=True, folds="1,4", dataset="ucf101"))
-    import ctrlaug.evaluate as ev
+    import ctrlaug.eval.protocols as ev
 
     seen = []
 

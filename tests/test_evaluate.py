@@ -16,16 +16,12 @@ import yaml
 from tiny import TINY as BASE_TINY
 
 from ctrlaug.config import load_config
-from ctrlaug.evaluate import (
-    build_eval_datasets,
-    evaluate_clips,
-    finetune,
-    fit_linear_clips,
-    knn_top1,
-    load_encoder,
-    main,
-    retrieval_recall,
-)
+from ctrlaug.eval.datasets import build_eval_datasets
+from ctrlaug.eval.encoder import load_encoder
+from ctrlaug.eval.finetune import finetune
+from ctrlaug.eval.linear import evaluate_clips, fit_linear_clips
+from ctrlaug.eval.metrics import knn_top1, retrieval_recall
+from ctrlaug.evaluate import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A one-epoch tiny pretraining run; returns its folder."""
-    from ctrlaug.train import train
+    from ctrlaug.engine.trainer import train
 
     out = tmp_path_factory.mktemp("evalrun") / "run"
     cfg = load_config(None, [*TINY, f"out_dir={out}"])
@@ -216,7 +212,7 @@ def test_finetune_reduces_training_loss(tiny_run):
 
 
 def test_finetune_crop_augmentation_jitters_local_clips(tiny_run):
-    from ctrlaug.evaluate import build_finetune_train_set
+    from ctrlaug.eval.datasets import build_finetune_train_set
 
     _, cfg, _ = load_encoder(tiny_run)
     ft = build_finetune_train_set(cfg)
@@ -311,7 +307,9 @@ def test_cuda_evaluation_matches_cpu(tiny_run, tmp_path, monkeypatch):
 
 
 def test_library_call_takes_options_and_matches_the_cli(tiny_run, tmp_path):
-    from ctrlaug.evaluate import EvalError, EvalOptions, run
+    from ctrlaug.errors import EvalError
+    from ctrlaug.eval.options import EvalOptions
+    from ctrlaug.eval.protocols import run
 
     assert main(["knn", "--checkpoint", tiny_run, "--out", str(tmp_path / "cli")]) == 0
     with open(tmp_path / "cli" / "eval_knn.json") as f:
@@ -325,7 +323,8 @@ def test_library_call_takes_options_and_matches_the_cli(tiny_run, tmp_path):
 
 
 def test_load_encoder_needs_a_checkpoint_or_random_init():
-    from ctrlaug.evaluate import EvalError, load_encoder
+    from ctrlaug.errors import EvalError
+    from ctrlaug.eval.encoder import load_encoder
 
     with pytest.raises(EvalError, match="give a checkpoint .* or --random-init"):
         load_encoder(None)

@@ -12,7 +12,7 @@ import torch
 from tiny import TINY
 
 from ctrlaug.config import config_to_dict, load_config
-from ctrlaug.evaluate import load_encoder
+from ctrlaug.eval.encoder import load_encoder
 from ctrlaug.export import main
 from ctrlaug.models import build_encoder, load_backbone, pool, torchvision_state_dict
 from ctrlaug.models.backbone import check_torchvision_compatible, read_backbone

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ctrlaug.floor import FLOOR_INITS, mean_spread, random_init_seed
+from ctrlaug.eval.floor import FLOOR_INITS, mean_spread, random_init_seed
 
 
 def test_seed_convention_and_spread():
@@ -23,7 +23,7 @@ def test_every_tool_builds_the_same_random_init_encoders():
     """evaluate/diagnose (load_encoder), calibrate's floor and the demo probe all build init i of
     seed s after torch.manual_seed(s + 1 + i): the same weights, and different inits differ."""
     from ctrlaug.config import load_config
-    from ctrlaug.evaluate import load_encoder
+    from ctrlaug.eval.encoder import load_encoder
     from ctrlaug.models import build_encoder
 
     cfg = load_config(None, ["seed=3"])
@@ -43,8 +43,8 @@ def test_demo_probe_reports_the_floor_over_three_inits(tmp_path, monkeypatch):
     over FLOOR_INITS inits (mean, spread, the three values) -- what probe.json then holds."""
     import json
 
-    from ctrlaug import train as tr
     from ctrlaug.config import load_config
+    from ctrlaug.eval import factors as tr
 
     seen = []
 

@@ -15,6 +15,7 @@ from ctrlaug.losses import (
     NCEConfig,
     RCConfig,
     RegionContrastLoss,
+    StepBatch,
     TDConfig,
     TemporalDependencyLoss,
     cells,
@@ -61,7 +62,7 @@ def test_rc_in_the_objective_equals_the_reference_op_on_the_same_batch():
     obj = CtrlAugObjective(enc, K, (3, 4), 16, 8, rc=RCConfig(weight=1.0, tau=0.1, backend="reference"))
     clips, glob = torch.randn(B * K, 3, 8, 64, 64, generator=gen), torch.randn(B, 3, 8, 64, 64, generator=gen)
     cb, gb = _boxes(B, K, gen)
-    out = obj(clips, glob, cb, gb, None, torch.arange(B), step_seed=0)
+    out = obj(StepBatch(clips, glob, cb, gb, None, torch.arange(B), step_seed=0))
     # recompute by hand with the reference ops from the same encoder outputs
     with torch.no_grad():
         fc, fg = obj.encode(clips, glob)
@@ -99,7 +100,7 @@ def test_rc_with_queue_matches_reference_and_queue_gets_no_grad():
 
 def test_rc_runs_the_fused_op_in_the_autocast_dtype(monkeypatch):
     """Under bf16 autocast L_rc hands bf16 cells to the op (its tensor-core path); fp32 otherwise."""
-    import ctrlaug.losses as L
+    import ctrlaug.losses.rc as L
 
     seen = []
 
@@ -361,7 +362,7 @@ def test_objective_with_every_loss_backpropagates_to_all_trainable_parts():
     clips, glob = torch.randn(B * K, 3, 8, 48, 48, generator=gen), torch.randn(B, 3, 8, 48, 48, generator=gen)
     cb, gb = _boxes(B, K, gen)
     levels = torch.tensor([[0, 1, 2], [0, 1, 2], [1, 2, 0]])
-    out = obj(clips, glob, cb, gb, levels, torch.arange(B), step_seed=1)
+    out = obj(StepBatch(clips, glob, cb, gb, levels, torch.arange(B), step_seed=1))
     assert set(out["terms"]) == {"rc", "mi", "td", "nce"} and set(out) == {"loss", "terms", "stats", "keys"}
     for k in ("mi_level", "mi_lg", "mi_td"):
         assert k in out["stats"]

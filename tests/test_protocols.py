@@ -15,9 +15,11 @@ import pytest
 import torch
 from tiny import TINY
 
-import ctrlaug.evaluate as ev
+import ctrlaug.eval.features as features
 from ctrlaug.config import load_config, save_config
-from ctrlaug.evaluate import evaluate_clips, knn_top1, retrieval_recall
+from ctrlaug.eval.linear import evaluate_clips, fit_linear_clips
+from ctrlaug.eval.metrics import knn_top1, retrieval_recall
+from ctrlaug.evaluate import main as evaluate_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +65,7 @@ def _run_cli(tmp_path, monkeypatch, protocol, feats, *extra):
     def fake_extract(encoder, dataset, *a, **k):  # the split is told apart by its size
         return (train, TRAIN_Y) if len(dataset) == len(TRAIN_Y) else (test, TEST_Y)
 
-    monkeypatch.setattr(ev, "extract_clip_features", fake_extract)
+    monkeypatch.setattr(features, "extract_clip_features", fake_extract)
     cfg_path = tmp_path / "tiny.yaml"
     save_config(load_config(None, [*TINY, f"out_dir={tmp_path / 'run'}"]), str(cfg_path))
     out = tmp_path / "ev"
@@ -78,7 +80,7 @@ def _run_cli(tmp_path, monkeypatch, protocol, feats, *extra):
         str(V),
         *extra,
     ]
-    assert ev.main(argv) == 0
+    assert evaluate_main(argv) == 0
     with open(os.path.join(out, f"eval_{protocol}_random.json")) as f:
         res = json.load(f)
     assert res["num_train"] == len(TRAIN_Y) and res["num_test"] == len(TEST_Y)
@@ -127,7 +129,7 @@ def test_linear_probe_applies_the_train_standardisation_at_test_time():
     y = torch.arange(64) % 4
     centres = torch.randn(4, 16, generator=g) * 3
     x = (centres[y] + 0.3 * torch.randn(64, 16, generator=g)) * 1e-3 + 5.0
-    clf = ev.fit_linear_clips(x[:, None], y, 4, epochs=100, seed=0)
+    clf = fit_linear_clips(x[:, None], y, 4, epochs=100, seed=0)
     with torch.no_grad():
         acc = (clf(x).argmax(1) == y).float().mean().item()
     assert acc > 0.95, acc

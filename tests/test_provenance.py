@@ -55,7 +55,7 @@ def test_write_provenance_keeps_earlier_records(tmp_path):
 
 
 def test_training_run_folder_has_provenance(tmp_path):
-    from ctrlaug.train import train
+    from ctrlaug.engine.trainer import train
 
     cfg = load_config(None, [*TINY, "epochs=1", "max_steps_per_epoch=1", f"out_dir={tmp_path / 'run'}"])
     with warnings.catch_warnings():

@@ -16,7 +16,8 @@ import torch
 from tiny import TINY
 
 from ctrlaug.config import ConfigError, load_config
-from ctrlaug.train import Trainer, main, train
+from ctrlaug.engine.trainer import Trainer, train
+from ctrlaug.train import main
 from ctrlaug.utils.checkpoint import (
     CheckpointError,
     UnsafeFileError,
@@ -85,8 +86,11 @@ def _steps(path) -> list[int]:
 
 
 def test_a_malicious_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, capsys, monkeypatch):
-    import ctrlaug.evaluate as ev
-    from ctrlaug.evaluate import EvalError, EvalOptions, _features, load_encoder
+    import ctrlaug.eval.features as ev
+    from ctrlaug.errors import EvalError
+    from ctrlaug.eval.encoder import load_encoder
+    from ctrlaug.eval.features import cached_features
+    from ctrlaug.eval.options import EvalOptions
 
     cfg = tiny(tmp_path, "epochs=2")
     train(cfg)
@@ -111,7 +115,7 @@ def test_a_malicious_pickle_is_refused_by_every_loader_and_never_runs(tmp_path, 
     torch.save({"key": None, "feats": Payload(str(marker)), "labels": None}, cache / "features_train.pt")
     enc, ecfg, ck = load_encoder(cfg.out_dir)
     monkeypatch.setattr(ev, "extract_clip_features", lambda *a, **k: (torch.zeros(2, 1, 4), torch.zeros(2)))
-    feats, _ = _features(enc, [0, 1], "train", EvalOptions("knn", checkpoint=ck), ck, str(cache), ecfg)
+    feats, _ = cached_features(enc, [0, 1], "train", EvalOptions("knn", checkpoint=ck), ck, str(cache), ecfg)
     assert feats.shape == (2, 1, 4) and "ignoring the feature cache" in capsys.readouterr().err
     assert safe_load(str(cache / "features_train.pt"))["feats"].shape == (2, 1, 4)  # rewritten clean
     assert not marker.exists(), "a loader ran the checkpoint's payload"
@@ -176,7 +180,7 @@ def test_an_inf_gradient_is_skipped_and_every_saved_tensor_stays_finite(tmp_path
 
 
 def test_a_state_with_nan_is_never_checkpointed_and_the_good_one_is_kept(tmp_path):
-    from ctrlaug.train import NonFiniteLossError
+    from ctrlaug.errors import NonFiniteLossError
 
     cfg = tiny(tmp_path, "epochs=2", "keep_checkpoints=1")
     tr = Trainer(cfg)
@@ -306,7 +310,7 @@ def test_kill_9_during_the_metrics_rewrite_keeps_the_history(tmp_path):
         import csv, os, signal, sys
         sys.path.insert(0, {ROOT!r})
         from ctrlaug.config import load_config
-        from ctrlaug.train import train
+        from ctrlaug.engine.trainer import train
 
         real = csv.DictWriter.writerow
         def dying(self, row):  # the resume rewrite of metrics.csv: one row written, then killed

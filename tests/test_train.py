@@ -16,10 +16,13 @@ import yaml
 from tiny import TINY
 
 from ctrlaug.config import ConfigError, TrainConfig, config_from_dict, load_config
+from ctrlaug.engine.build import lr_milestones
+from ctrlaug.engine.trainer import Trainer, train
+from ctrlaug.errors import NonFiniteLossError
 from ctrlaug.losses import cells
 from ctrlaug.models import normalize_input
 from ctrlaug.ops import correspondence_ref, region_contrast_ref
-from ctrlaug.train import NonFiniteLossError, Trainer, lr_milestones, main, train
+from ctrlaug.train import main
 from ctrlaug.utils.checkpoint import list_checkpoints, load_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +111,7 @@ def test_killed_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_path):
         sys.path.insert(0, {ROOT!r})
         import torch
         from ctrlaug.config import load_config
-        from ctrlaug.train import train
+        from ctrlaug.engine.trainer import train
         import ctrlaug.utils.checkpoint as ck
 
         real_save = torch.save
@@ -392,8 +395,9 @@ def test_missing_dataset_root_is_one_clear_error(tmp_path, capsys):
 
 
 def test_knn_monitor_logs_top1_and_leaves_training_untouched(tmp_path):
-    from ctrlaug.evaluate import extract_clip_features, knn_top1
-    from ctrlaug.train import probe_datasets
+    from ctrlaug.eval.factors import probe_datasets
+    from ctrlaug.eval.features import extract_clip_features
+    from ctrlaug.eval.metrics import knn_top1
 
     plain = train(tiny(tmp_path, "epochs=3", name="plain"))
     cfg = tiny(tmp_path, "epochs=3", "knn_every=2", "knn_k=3", name="knn")

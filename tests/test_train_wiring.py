@@ -18,12 +18,13 @@ import pytest
 import torch
 from tiny import TINY
 
-import ctrlaug.train as train_mod
+import ctrlaug.engine.trainer as train_mod
 from ctrlaug.augment import level_components, low_level_augment_ref
 from ctrlaug.config import load_config
+from ctrlaug.engine.sampling import derive_seed
+from ctrlaug.engine.trainer import Trainer, train
 from ctrlaug.models import normalize_input
 from ctrlaug.ops import correspondence_ref, region_contrast_ref
-from ctrlaug.train import Trainer, train
 from ctrlaug.utils.checkpoint import load_latest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,18 +51,19 @@ def _spy_forward(tr: Trainer, on_call):
     """Replace the model's forward with one that first hands its arguments to ``on_call``."""
     real = tr.model.forward
 
-    def spy(clips, glob, clip_boxes, global_boxes, levels, video_ids, step_seed, queue=None):
+    def spy(batch, queue=None):
         on_call(
             dict(
-                clips=clips,
-                glob=glob,
-                clip_boxes=clip_boxes,
-                global_boxes=global_boxes,
-                levels=levels,
+                batch=batch,
+                clips=batch.clips,
+                global_views=batch.global_views,
+                clip_boxes=batch.clip_boxes,
+                global_boxes=batch.global_boxes,
+                levels=batch.levels,
                 queue=queue,
             )
         )
-        out = real(clips, glob, clip_boxes, global_boxes, levels, video_ids, step_seed, queue)
+        out = real(batch, queue)
         on_call(dict(out=out))
         return out
 
@@ -95,7 +97,7 @@ def test_queue_reaches_rc_in_the_loop_and_holds_only_filled_rows(tmp_path):
             return
         with torch.no_grad():  # the step's L_rc by hand, with and without the queue it was given
             fc = obj.encoder(args["clips"])
-            fg = obj.encoder(args["glob"], obj.stride1)
+            fg = obj.encoder(args["global_views"], obj.stride1)
             q, k = _cells_thw(obj.proj(fc)), _cells_thw(obj.proj(fg))
             B = fg.shape[0]
             S = correspondence_ref(
@@ -164,7 +166,7 @@ def test_levels_handed_to_mi_are_the_levels_applied_to_those_views(tmp_path, mon
         for v in range(V):
             one = p.select((slice(b, b + 1), slice(v, v + 1))).flatten()
             want = normalize_input(low_level_augment_ref(raw[b, v][None].float() / 255.0, one))[0]
-            got = seen["glob"][b] if v == 0 else seen["clips"][b * (V - 1) + v - 1]
+            got = seen["global_views"][b] if v == 0 else seen["clips"][b * (V - 1) + v - 1]
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert len(set(levels.flatten().tolist())) > 1  # several levels in the batch: non-vacuous
 
@@ -253,13 +255,13 @@ def test_one_loop_step_moves_g_up_the_level_bound_and_the_encoder_down_the_mi_te
     m = tr.run_step(batch)
     after = {k: v.detach().clone() for k, v in obj.state_dict().items()}
     a = seen["args"]
-    seed = train_mod._seed(cfg.seed, 1, 0)  # the pair-sampling seed of step 0
+    assert a["batch"].step_seed == derive_seed(cfg.seed, 1, 0)  # the pair-sampling seed of step 0
+    assert torch.equal(a["batch"].video_ids, batch["video_index"])
 
     def score(encoder_from, g_from):
         obj.load_state_dict({k: (g_from if k.startswith("mi.") else encoder_from)[k] for k in before})
         with torch.no_grad():
-            out = obj(a["clips"], a["glob"], a["clip_boxes"], a["global_boxes"], a["levels"],
-                      batch["video_index"], seed)  # fmt: skip
+            out = obj(a["batch"])
         return out["stats"]["mi_level"].item(), out["stats"]["mi_lg"].item()
 
     lvl0, lg0 = score(before, before)

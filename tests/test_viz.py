@@ -12,7 +12,8 @@ from tiny import TINY as BASE_TINY
 
 from ctrlaug.config import load_config
 from ctrlaug.models import build_encoder
-from ctrlaug.viz import caam, caam_strip, colorize, load_clip, main
+from ctrlaug.studies.viz import caam, caam_strip, colorize, load_clip
+from ctrlaug.viz import main
 
 TINY = [
     *BASE_TINY,
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from ctrlaug.train import train
+    from ctrlaug.engine.trainer import train
 
     out = tmp_path_factory.mktemp("vizrun") / "run"
     with warnings.catch_warnings():

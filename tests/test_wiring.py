@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctrlaug.losses import CtrlAugObjective, MIConfig, NCEConfig, RCConfig, RegionContrastLoss
+from ctrlaug.losses import CtrlAugObjective, MIConfig, NCEConfig, RCConfig, RegionContrastLoss, StepBatch
 from ctrlaug.models import build_encoder
 
 
@@ -156,7 +156,7 @@ def test_objective_hands_mi_each_view_with_its_own_level_and_video():
 
     obj.mi.forward = spy
     obj.eval()  # BN running statistics: the hand pass below sees exactly the same encoder
-    obj(clips, globs, boxes, torch.zeros(B, 7), levels, video_ids, step_seed=0)
+    obj(StepBatch(clips, globs, boxes, torch.zeros(B, 7), levels, video_ids, step_seed=0))
     with torch.no_grad():
         pc = obj.encoder(clips).mean(dim=(2, 3, 4))  # [B*K, C], clip k of video b at b*K + k
         pg = obj.encoder(globs, obj.stride1).mean(dim=(2, 3, 4))  # [B, C]

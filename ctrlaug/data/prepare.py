@@ -43,6 +43,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 
+from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_write, fsync_dir
 
 from .decode import BadVideoError, open_video
@@ -59,7 +60,7 @@ MANIFEST_FIELDS = (
 )  # fmt: skip
 
 
-class PrepareError(Exception):
+class PrepareError(CtrlAugError):
     """The run is refused (DST inside SRC, DST holding other files, settings differ, ...)."""
 
 

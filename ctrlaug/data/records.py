@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ctrlaug.errors import CtrlAugError
+
 from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .formats import canonical_format, get_format, rendered_names
 
@@ -36,7 +38,7 @@ __all__ = [
 log = logging.getLogger("ctrlaug.data")
 
 
-class DatasetFormatError(FileNotFoundError):
+class DatasetFormatError(CtrlAugError, FileNotFoundError):
     """A dataset root, split or annotation file is missing or malformed."""
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from ctrlaug.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "config",
@@ -40,18 +42,6 @@ __all__ = [
     "help_text",
     "format_problems",
 ]
-
-
-class ConfigError(ValueError):
-    """A bad configuration: unknown keys or invalid values, all listed at once.
-
-    ``problems`` holds the individual ``"key: message"`` lines (keys relative to the dataclass
-    that raised it), so an enclosing config can report them under its dotted prefix.
-    """
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = list(problems) if problems else [message]
 
 
 def opt(

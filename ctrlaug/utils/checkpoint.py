@@ -33,6 +33,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_write, fsync_dir
 
 __all__ = [
@@ -61,7 +62,7 @@ _TRAINER_FILES = ("ckpt_", "metrics.csv.", "config.yaml.", "probe.")
 UPGRADE_HINT = "python -m ctrlaug.utils.checkpoint upgrade --trust"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CtrlAugError, ValueError):
     """A checkpoint (or cache) file that cannot be used; the message is one line naming the file."""
 
 

@@ -1,0 +1,58 @@
+"""The one family of user errors: bad input the user can fix.
+
+Every error a user can fix by changing a command, a config, a file or a folder is a
+:class:`CtrlAugError`; each command line (:func:`ctrlaug.cli.run_cli`) prints it as one
+``error: ...`` line and exits with status 2, without a traceback. Anything else is a bug and keeps
+its traceback. The subclasses keep the built-in base they always had (``ValueError``,
+``FileNotFoundError``, ``RuntimeError``), so older ``except`` clauses still catch them.
+
+Only the standard library: importable from every layer of the package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CtrlAugError",
+    "ConfigError",
+    "EvalError",
+    "NonFiniteLossError",
+    "RunFolderError",
+    "UsageError",
+]
+
+
+class CtrlAugError(Exception):
+    """Bad input the user can fix; the message is one line that names the problem (file, key,
+    shape). Command lines print it as ``error: <message>`` and exit 2."""
+
+
+class ConfigError(CtrlAugError, ValueError):
+    """A bad configuration: unknown keys or invalid values, all listed at once.
+
+    ``problems`` holds the individual ``"key: message"`` lines (keys relative to the dataclass
+    that raised it), so an enclosing config can report them under its dotted prefix.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
+
+
+class EvalError(CtrlAugError, ValueError):
+    """A bad evaluation, diagnosis or export request: a missing checkpoint, a config that does not
+    fit it, an unknown protocol or device, an empty split."""
+
+
+class NonFiniteLossError(CtrlAugError, RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss or gradient, or when
+    the parameters or the state to be checkpointed became non-finite."""
+
+
+class RunFolderError(ConfigError):
+    """The run folder cannot be used as asked: busy (another run holds its lock), not writable,
+    or holding checkpoints none of which can be resumed."""
+
+
+class UsageError(CtrlAugError, ValueError):
+    """A bad request on a command line that no config check catches: an unknown ablation row, a
+    seed list, a calibration file that does not fit the request."""
