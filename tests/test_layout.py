@@ -20,9 +20,12 @@ def _module_name(path: pathlib.Path, root: pathlib.Path = PKG) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: pathlib.Path, root: pathlib.Path = PKG) -> set[str]:
+def imported_modules(
+    path: pathlib.Path, root: pathlib.Path = PKG, modules: set[str] | None = None
+) -> set[str]:
     """Every module ``path`` imports, at module level or inside functions, relative imports
-    resolved; ``from pkg import name`` counts as ``pkg.name`` too (it may be a module)."""
+    resolved; ``from pkg import name`` counts as ``pkg.name`` too (it may be a module). Given the
+    package's ``modules``, ``from pkg import sub`` of a submodule counts as ``pkg.sub`` alone."""
     mod = _module_name(path, root)
     package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out: set[str] = set()
@@ -35,8 +38,10 @@ def imported_modules(path: pathlib.Path, root: pathlib.Path = PKG) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            out.add(target)
-            out.update(f"{target}.{a.name}" for a in node.names)
+            names = [f"{target}.{a.name}" for a in node.names]
+            out.update(names)
+            if modules is None or not all(n in modules for n in names):
+                out.add(target)
     return out
 
 
@@ -88,3 +93,58 @@ def test_entry_points_are_thin(entry):
         if f.end_lineno - f.lineno >= 60 and "parser" not in f.name
     ]
     assert not long, f"ctrlaug/{entry}.py: {long}"
+
+
+def import_cycles(root: pathlib.Path = PKG) -> list[list[str]]:
+    """Strongly connected groups of more than one package module in the import graph (module
+    and function level imports alike): every group is a cycle."""
+    mods = {_module_name(p, root): p for p in root.rglob("*.py")}
+    graph = {
+        m: sorted(t for t in imported_modules(p, root, set(mods)) if t in mods and t != m)
+        for m, p in mods.items()
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_package_has_no_import_cycle():
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_finds_a_function_level_cycle(tmp_path):
+    pkg = tmp_path / "ctrlaug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from ctrlaug.b import g\n")
+    (pkg / "b.py").write_text("def g():\n    from ctrlaug import a\n")
+    (pkg / "c.py").write_text("from ctrlaug import a\n")
+    assert import_cycles(pkg) == [["ctrlaug.a", "ctrlaug.b"]]

@@ -1,7 +1,5 @@
 """Encoders and heads: R3D-18/34 (Hara et al.'s blocks, a (1,2,2) max-pool for the paper's grids, per-call temporal stride) and the SSL heads."""
 
-from collections.abc import Sequence
-
 from .backbone import (
     build_torchvision_r3d18,
     load_backbone,
@@ -20,7 +18,16 @@ from .heads import (
     build_order_head,
     pool,
 )
-from .r3d import INPUT_MEAN, INPUT_STD, R3D, normalize_input, prepare_input, stage_channels, to_unit
+from .r3d import (
+    INPUT_MEAN,
+    INPUT_STD,
+    R3D,
+    build_encoder,
+    normalize_input,
+    prepare_input,
+    stage_channels,
+    to_unit,
+)
 
 __all__ = [
     "INPUT_MEAN",
@@ -46,12 +53,3 @@ __all__ = [
     "stage_channels",
     "to_unit",
 ]
-
-
-def build_encoder(arch: str = "r3d18", width: float = 1.0, spatial_stride1_stages: Sequence[int] = ()) -> R3D:
-    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count;
-    ``spatial_stride1_stages``: stages among (2, 3, 4) with spatial stride 1 (see ``R3D``)."""
-    depths = {"r3d18": 18, "r3d34": 34}
-    if arch not in depths:
-        raise ValueError(f"arch must be one of {sorted(depths)}, got {arch!r}")
-    return R3D(depths[arch], width, spatial_stride1_stages=spatial_stride1_stages)

@@ -104,7 +104,7 @@ def load_backbone(path: str, map_location="cpu") -> nn.Module:
     file; its metadata is on ``encoder.metadata``. ``encoder(x)`` takes normalised clips
     [N, 3, T, H, W] (``ctrlaug.models.prepare_input`` of uint8 clips) and returns the last
     feature map; ``ctrlaug.models.pool`` of it is the feature the evaluations use."""
-    from ctrlaug.models import build_encoder
+    from ctrlaug.models.r3d import build_encoder
 
     sd, meta = read_backbone(path, map_location)
     try:

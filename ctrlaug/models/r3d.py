@@ -205,3 +205,12 @@ class R3D(nn.Module):
             if i not in stride1_stages:
                 t = down(t, 3, 2, 1)
         return t, h, w
+
+
+def build_encoder(arch: str = "r3d18", width: float = 1.0, spatial_stride1_stages: Sequence[int] = ()) -> R3D:
+    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count;
+    ``spatial_stride1_stages``: stages among (2, 3, 4) with spatial stride 1 (see ``R3D``)."""
+    depths = {"r3d18": 18, "r3d34": 34}
+    if arch not in depths:
+        raise ValueError(f"arch must be one of {sorted(depths)}, got {arch!r}")
+    return R3D(depths[arch], width, spatial_stride1_stages=spatial_stride1_stages)
