@@ -27,7 +27,7 @@ def collate_views(
     * ``video_index``: int64 [B]; ``label``: int64 [B] (only when every sample has a label >= 0);
     * ``levels``: int64 [B, V] intensity level ids and ``lowlevel``: :class:`LowLevelParams` [B, V]
       from :func:`ctrlaug.augment.sample_batch_levels` with ``generator``, unless ``levels=False``
-      (training draws them per step instead: :meth:`ctrlaug.train.Trainer.prepare_views`);
+      (training draws them per step instead: :meth:`ctrlaug.engine.trainer.Trainer.prepare_views`);
     * ``skipped``: list of ``(path, reason)`` of bad videos replaced while building this batch.
 
     ``boxes``, ``frame_indices``, ``num_frames`` and ``video_index`` are stacked when every sample

@@ -3,7 +3,7 @@
 ``dataset[i]`` decodes only the frames its views need, draws tau_p with
 :func:`ctrlaug.augment.sample_views`, and (by default) cuts the views in the worker with one
 resize-crop each, returning uint8. tau_l is left to the device (:func:`ctrlaug.augment.augment_batch`)
-with levels drawn per training step for the global batch by :meth:`ctrlaug.train.Trainer.prepare_views`
+with levels drawn per training step for the global batch by :meth:`ctrlaug.engine.trainer.Trainer.prepare_views`
 (through :func:`ctrlaug.augment.sample_batch_levels`).
 
 Bad videos (missing, empty, truncated, not a video, too short) are reported by path and reason,
@@ -363,7 +363,7 @@ def build_train_dataset(cfg, split: str | None = None, mode: str = "pretrain") -
 
 class BadVideoLog:
     """Epoch log of skipped videos: feed it every batch (or a sample's ``skipped`` list), read
-    ``count``/``paths``/``summary()``. :class:`ctrlaug.train.Trainer` keeps one per epoch."""
+    ``count``/``paths``/``summary()``. :class:`ctrlaug.engine.trainer.Trainer` keeps one per epoch."""
 
     def __init__(self) -> None:
         self.events = 0

@@ -14,7 +14,7 @@ paper reports for it on UCF-101 and HMDB-51 (R3D-18 pretrained on UCF-101 for 15
 * Table 7 -- learning objectives: L_nce, L_rc, L_mi, L_td switches (``nce``, ``rc``, ``mi``, ``td``).
 
 For each row and seed the training runs in-process into ``<out>/<table>/<row-slug>/seed<k>/``,
-then the linear probe of :func:`ctrlaug.train.run_probe`; the trained-encoder and random-init
+then the linear probe of :func:`ctrlaug.eval.factors.run_probe`; the trained-encoder and random-init
 top-1 go to ``result.json`` there as soon as the run ends, and runs whose ``result.json`` exists
 are skipped (an interrupted ablation resumes; an interrupted *run* resumes from its checkpoint).
 The summary goes to ``<out>/<table>.md``, ``<out>/<table>.json`` and, when matplotlib is
@@ -252,7 +252,7 @@ def plan_runs(
 
 
 def train_and_probe(overrides: list[str]) -> dict:
-    """The default ``train_fn`` of the runner: :func:`ctrlaug.train.train`, then :func:`ctrlaug.train.run_probe` (every factor;
+    """The default ``train_fn`` of the runner: :func:`ctrlaug.engine.trainer.train`, then :func:`ctrlaug.eval.factors.run_probe` (every factor;
     ``<run>/probe.json`` is written as by the demo)."""
     from ctrlaug.config import load_config
     from ctrlaug.engine.trainer import train
@@ -281,7 +281,7 @@ DIAGNOSE_VIDEOS = 256
 
 
 def compact_diagnostics(d: dict) -> dict:
-    """The numbers of a :func:`ctrlaug.diagnose.diagnose` result that the tables show (%, ratio)."""
+    """The numbers of a :func:`ctrlaug.studies.diagnose.diagnose` result that the tables show (%, ratio)."""
     return {
         "level": d["level"]["mean_top1"],
         "level_chance": d["level"]["mean_chance"],
@@ -370,7 +370,7 @@ def summarise(table: str, seeds: Sequence[int], out: str, calibration: dict | No
     """Mean ± std over seeds per row, random-init baseline and the rank correlation with the paper.
 
     With ``calibration`` (the JSON of ``python -m ctrlaug.calibrate`` for the same seeds), every
-    row also gets ``gap_closed`` per seed (:func:`ctrlaug.calibrate.gap_closed`) and ``gate``:
+    row also gets ``gap_closed`` per seed (:func:`ctrlaug.studies.calibrate.gap_closed`) and ``gate``:
     whether it closes at least ``GATE_FRACTION`` of the gap on every seed it has run.
     """
     rows = []

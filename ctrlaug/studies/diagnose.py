@@ -690,7 +690,7 @@ class DiagnoseOptions:
 
 def run(opts: DiagnoseOptions, log=print) -> dict:
     """Load the encoder named by ``opts``, diagnose it, write JSON and markdown; bad input raises
-    :class:`ctrlaug.evaluate.EvalError`."""
+    :class:`ctrlaug.errors.EvalError`."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.videos < 4:

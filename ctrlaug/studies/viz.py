@@ -122,7 +122,7 @@ def run_caam(
 ) -> list[str]:
     """CAAMs of ``videos`` for the encoder of ``checkpoint`` (or a random-init one) as a PNG strip
     at ``out`` (and an animated GIF at ``gif``); ``frames``/``size`` 0 = the config's clip length
-    and crop. Returns the paths written; bad input raises :class:`ctrlaug.evaluate.EvalError`."""
+    and crop. Returns the paths written; bad input raises :class:`ctrlaug.errors.EvalError`."""
     from ctrlaug.errors import EvalError
     from ctrlaug.eval.encoder import load_encoder
 
