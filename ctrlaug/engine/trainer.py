@@ -332,29 +332,14 @@ class Trainer(RunState):
     def _fit(self) -> dict:
         cfg = self.cfg
         self.maybe_resume()
-        if self.main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
-            write_provenance(cfg.out_dir, self.device, world_size=self.world)
-        fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
-        fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
-        files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
-        fields += ["bad_videos"] if files else []
-        bad = BadVideoLog()
-        writer = MetricWriter(
-            cfg.out_dir,
-            fields,
-            enabled=self.main,
-            tensorboard=cfg.tensorboard,
-            resume_step=self.step if self.resumed_from else None,
-        )
-        if self.main:
-            self._banner(writer)
+        writer = self._open_logs()
         steps_per_epoch = self.batches.steps
-        total = cfg.epochs * steps_per_epoch
         done = self.epoch * steps_per_epoch + self.step_in_epoch
-        bar = ProgressBar(total, enabled=self.main and cfg.progress, every=cfg.log_every)
-        clips_per_video = 1 + cfg.augment.num_clips
+        bar = ProgressBar(
+            cfg.epochs * steps_per_epoch, enabled=self.main and cfg.progress, every=cfg.log_every
+        )
+        files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
+        bad = BadVideoLog()
         try:
             while self.epoch < cfg.epochs:
                 self.batches.epoch, self.batches.start = self.epoch, self.step_in_epoch
@@ -364,50 +349,13 @@ class Trainer(RunState):
                     t_data = time.perf_counter() - t_wait
                     bad.update(batch)
                     m = self.run_step(batch)
-                    self.step += 1
-                    self.step_in_epoch += 1
                     done += 1
-                    dt = t_data + m["time_step"]
-                    m["clips_per_s"] = cfg.batch_size * clips_per_video / max(dt, 1e-9)
-                    m["time_data"] = t_data
-                    m["lr"] = self.optimizer.param_groups[0]["lr"]
-                    m["epoch"] = self.epoch
-                    m["step"] = self.step
-                    self.history.append(m)
-                    if self.main and (
-                        self.step % cfg.log_every == 0 or self.step_in_epoch == steps_per_epoch
-                    ):
-                        writer.log(
-                            self.step, self.epoch, {k: v for k, v in m.items() if k not in ("step", "epoch")}
-                        )
-                    bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
-                    if self.on_step is not None:
-                        self.on_step(self.step, self.epoch, m)
-                    if (
-                        cfg.ckpt_every_steps
-                        and self.step % cfg.ckpt_every_steps == 0
-                        and self.step_in_epoch < steps_per_epoch
-                    ):
-                        self.save()
+                    self._after_step(m, t_data, done, writer, bar)
                     t_wait = time.perf_counter()
-                self.epoch += 1
-                self.step_in_epoch = 0
-                self.sched.step()
-                if files:
-                    self._report_bad_videos(bad, writer, bar)
-                if self._knn_due():
-                    if self.main:
-                        acc = self.knn_monitor()
-                        self.knn_history.append((self.epoch, self.step, acc))
-                        writer.log(self.step, self.epoch - 1, {"knn_top1": acc})
-                        bar.note(f"epoch {self.epoch}: kNN top-1 {acc:.1f}% (k={cfg.knn_k})")
-                    if self.world > 1:
-                        dist_utils.barrier()
-                self.save()
+                self._end_epoch(bad if files else None, writer, bar)
         finally:
             bar.close()
             writer.close()
-        plot_note = None
         if self.main and cfg.plot and os.path.exists(writer.path):
             plot_note = plot_losses(writer.path, os.path.join(cfg.out_dir, "loss_curve.png"))
             if plot_note:
@@ -419,6 +367,73 @@ class Trainer(RunState):
             "resumed_from": self.resumed_from,
             "knn": self.knn_history,
         }
+
+    def _open_logs(self) -> MetricWriter:
+        """The run folder's config.yaml and provenance.json (rank 0), and the metric writer
+        (metrics.csv, TensorBoard) with one column per loss term and statistic."""
+        cfg = self.cfg
+        if self.main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
+            write_provenance(cfg.out_dir, self.device, world_size=self.world)
+        fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
+        fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
+        fields += [] if get_format(cfg.dataset).rendered else ["bad_videos"]
+        writer = MetricWriter(
+            cfg.out_dir,
+            fields,
+            enabled=self.main,
+            tensorboard=cfg.tensorboard,
+            resume_step=self.step if self.resumed_from else None,
+        )
+        if self.main:
+            self._banner(writer)
+        return writer
+
+    def _after_step(self, m: dict, t_data: float, done: int, writer: MetricWriter, bar: ProgressBar) -> None:
+        """Count the step, complete and log its metrics, call ``on_step``, and write the extra
+        checkpoint of ``ckpt_every_steps`` (never at an epoch's end, which saves anyway)."""
+        cfg = self.cfg
+        steps_per_epoch = self.batches.steps
+        self.step += 1
+        self.step_in_epoch += 1
+        dt = t_data + m["time_step"]
+        m["clips_per_s"] = cfg.batch_size * (1 + cfg.augment.num_clips) / max(dt, 1e-9)
+        m["time_data"] = t_data
+        m["lr"] = self.optimizer.param_groups[0]["lr"]
+        m["epoch"] = self.epoch
+        m["step"] = self.step
+        self.history.append(m)
+        if self.main and (self.step % cfg.log_every == 0 or self.step_in_epoch == steps_per_epoch):
+            writer.log(self.step, self.epoch, {k: v for k, v in m.items() if k not in ("step", "epoch")})
+        bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
+        if self.on_step is not None:
+            self.on_step(self.step, self.epoch, m)
+        if (
+            cfg.ckpt_every_steps
+            and self.step % cfg.ckpt_every_steps == 0
+            and self.step_in_epoch < steps_per_epoch
+        ):
+            self.save()
+
+    def _end_epoch(self, bad: BadVideoLog | None, writer: MetricWriter, bar: ProgressBar) -> None:
+        """Epoch end: the lr schedule steps, the bad videos are reported (``bad`` None for a
+        rendered dataset), the kNN monitor runs when due, and the epoch's checkpoint is saved."""
+        cfg = self.cfg
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sched.step()
+        if bad is not None:
+            self._report_bad_videos(bad, writer, bar)
+        if self._knn_due():
+            if self.main:
+                acc = self.knn_monitor()
+                self.knn_history.append((self.epoch, self.step, acc))
+                writer.log(self.step, self.epoch - 1, {"knn_top1": acc})
+                bar.note(f"epoch {self.epoch}: kNN top-1 {acc:.1f}% (k={cfg.knn_k})")
+            if self.world > 1:
+                dist_utils.barrier()
+        self.save()
 
     def _report_bad_videos(self, bad: BadVideoLog, writer: MetricWriter, bar: ProgressBar) -> None:
         """Epoch end (every rank): the bad videos all ranks met this epoch, each replaced by another
