@@ -107,7 +107,7 @@ def _correspondence_kernel(
     # Clip-cell volume (signed product, as the reference): a non-positive volume (degenerate or
     # inverted box) gives a zero row instead of inf/nan. Broadcast to the full tile before the
     # selects: triton 3.6 fails to compile (RemoveLayoutConversions) a select on the 1-D
-    # row vector here, seen on an H200.
+    # row vector here.
     vol = ((c_thi - c_tlo) * (c_yhi - c_ylo) * (c_xhi - c_xlo))[:, None] + tl.zeros_like(inter)
     pos = vol > 0.0
     s = tl.where(pos, inter / tl.where(pos, vol, 1.0), 0.0)

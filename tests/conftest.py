@@ -14,10 +14,15 @@ import pytest  # noqa: E402
 
 
 def pytest_report_header(config):
+    from backends import REQUIRE_ENV, required_text
+
     from ctrlaug.ops import status
 
     s = status()
-    return [f"ctrlaug backends: {', '.join(f'{k}={v}' for k, v in s.items() if k != 'extension_error')}"]
+    return [
+        f"ctrlaug backends: {', '.join(f'{k}={v}' for k, v in s.items() if k != 'extension_error')}",
+        f"required backends ({REQUIRE_ENV} / CI, tests/backends.py): {required_text()}",
+    ]
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from backends import REQUIRE_ENV, missing_required, required_backends
 from tolerance import skip_unless
 
 from ctrlaug.ops import _registry
@@ -21,35 +22,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_required_backends_are_usable_here():
-    missing = _registry.missing_required()
+    missing = missing_required()
     assert not missing, "required backends missing: " + "; ".join(f"{b}: {why}" for b, why in missing.items())
 
 
 def test_which_backends_are_required(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
-    monkeypatch.delenv(_registry.REQUIRE_ENV, raising=False)
-    assert _registry.required_backends() == ()
+    monkeypatch.delenv(REQUIRE_ENV, raising=False)
+    assert required_backends() == ()
     monkeypatch.setenv("CI", "true")
-    assert {"cpp", "triton"} <= set(_registry.required_backends())
-    monkeypatch.setenv(_registry.REQUIRE_ENV, "cpp")  # explicit beats CI
-    assert _registry.required_backends() == ("cpp",)
-    monkeypatch.setenv(_registry.REQUIRE_ENV, " cpp , triton ")
-    assert _registry.required_backends() == ("cpp", "triton")
-    monkeypatch.setenv(_registry.REQUIRE_ENV, "none")
-    assert _registry.required_backends() == ()
-    monkeypatch.setenv(_registry.REQUIRE_ENV, "cpp,tpu")
+    assert {"cpp", "triton"} <= set(required_backends())
+    monkeypatch.setenv(REQUIRE_ENV, "cpp")  # explicit beats CI
+    assert required_backends() == ("cpp",)
+    monkeypatch.setenv(REQUIRE_ENV, " cpp , triton ")
+    assert required_backends() == ("cpp", "triton")
+    monkeypatch.setenv(REQUIRE_ENV, "none")
+    assert required_backends() == ()
+    monkeypatch.setenv(REQUIRE_ENV, "cpp,tpu")
     with pytest.raises(ValueError, match="unknown backend.*tpu"):
-        _registry.required_backends()
+        required_backends()
 
 
 def test_a_required_backend_that_cannot_run_fails_the_test(monkeypatch):
     monkeypatch.setattr(_registry, "available", lambda b, d, op="": b == "reference")
-    monkeypatch.setenv(_registry.REQUIRE_ENV, "cpp")
-    assert set(_registry.missing_required()) == {"cpp"}
+    monkeypatch.setenv(REQUIRE_ENV, "cpp")
+    assert set(missing_required()) == {"cpp"}
     kind, msg = _outcome("cpp")
     assert kind is pytest.fail.Exception and "'cpp' is required here" in msg, (kind, msg)
     assert _outcome("triton")[0] is pytest.skip.Exception  # not required: still a skip, with the reason
-    monkeypatch.setenv(_registry.REQUIRE_ENV, "")
+    monkeypatch.setenv(REQUIRE_ENV, "")
     assert _outcome("cpp")[0] is pytest.skip.Exception
 
 
@@ -71,12 +72,12 @@ def test_without_the_extension_the_cpp_op_tests_fail_when_required():
         os.environ, CTRLAUG_DISABLE_EXT="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
     env.pop("CI", None)
-    env[_registry.REQUIRE_ENV] = "cpp"
+    env[REQUIRE_ENV] = "cpp"
     strict = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert strict.returncode == 1, strict.stdout[-2000:]
     assert "1 failed" in strict.stdout and "is required here" in strict.stdout
     assert "disabled by CTRLAUG_DISABLE_EXT=1" in strict.stdout  # the reason is in the failure
-    env[_registry.REQUIRE_ENV] = ""
+    env[REQUIRE_ENV] = ""
     lax = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert lax.returncode == 0 and "1 skipped" in lax.stdout, lax.stdout[-2000:]
 

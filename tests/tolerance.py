@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backends import REQUIRE_ENV, home_device, required_backends
 
 # atol per test dtype, relative to max(1, max|truth|): it absorbs accumulation-order noise
 # where the reference happens to be almost exact.
@@ -32,22 +33,20 @@ def assert_rule(name: str, kernel: torch.Tensor, ref: torch.Tensor, truth: torch
 
 def device_for(backend: str) -> torch.device:
     """Where a backend's tests run: cpp on CPU; triton/cuda on the GPU, else CPU (interpreter)."""
-    from ctrlaug.ops._registry import home_device
-
     return home_device(backend) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def skip_unless(backend: str, device: torch.device, op: str, dtype: torch.dtype = torch.float32) -> None:
     """Skip, with the reason, when ``backend`` cannot run ``op`` here; *fail* instead when the
     backend is required here (``CI=true`` or ``CTRLAUG_REQUIRE_BACKENDS``, see
-    ``ctrlaug.ops._registry.required_backends``), so that a missing or broken build is never a
-    green run of skips."""
+    ``backends.required_backends``), so that a missing or broken build is never a green run of
+    skips."""
     from ctrlaug.ops import _registry
 
     if not _registry.available(backend, device, op):
-        if backend in _registry.required_backends() and device == _registry.home_device(backend):
+        if backend in required_backends() and device == home_device(backend):
             pytest.fail(
-                f"backend {backend!r} is required here ({_registry.REQUIRE_ENV} / CI) but cannot run "
+                f"backend {backend!r} is required here ({REQUIRE_ENV} / CI) but cannot run "
                 f"{op} on {device.type} tensors: {_registry._why_missing(backend, device)}"
             )
         pytest.skip(f"backend {backend!r} not available for {device.type} tensors here")

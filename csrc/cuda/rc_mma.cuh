@@ -119,7 +119,7 @@ __device__ __forceinline__ void mma_pv(float (&acc)[MT][DP / 8][4], const float 
 }
 
 // Tile shapes of the tensor-core kernels (chosen so that acc + scores fit in 255 registers and
-// shared memory stays under ~72 KB, i.e. 2-3 blocks per SM on A100/H100). DP is D padded to
+// shared memory stays under ~72 KB, so that more than one block fits per SM). DP is D padded to
 // 64, 128 or 256:
 //   DP <= 128: 4 warps x 32 rows (MT = 2) = 128 rows per block, 64 streamed columns per step;
 //   DP  = 256: 4 warps x 16 rows (MT = 1) =  64 rows per block, 32 streamed columns per step.

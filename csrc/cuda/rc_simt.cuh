@@ -22,9 +22,9 @@ namespace {
 //   different rows at the same d) hit distinct banks;
 //   sP rows have stride LDP = BN + 8: the 4 rows of a warp start 8 banks apart, so the writes
 //   (r, sub + 8j) cover 32 distinct banks and the reads (r, kk) (one address per row,
-//   broadcast to its 8 lanes) 4 distinct banks. A stride of BN (32 or 16 floats) put the 4 rows
-//   on the same bank (a 4-way conflict on every read); BN + 1 fixes the reads but leaves a
-//   4-way conflict on the writes.
+//   broadcast to its 8 lanes) 4 distinct banks. A stride of BN (32 or 16 floats) would put the
+//   4 rows on the same bank (a 4-way conflict on every read); BN + 1 would fix the reads but
+//   leave a 4-way conflict on the writes.
 // ------------------------------------------------------------------------------------------
 template <int DP>
 struct SimtCfg {

@@ -26,10 +26,10 @@
 //    plain fp32 FMA loops over shared-memory tiles, 8 threads per row.
 //
 // Both paths split the long axis (keys in the forward, queries in the backward) over
-// blockIdx.y when the row blocks alone cannot fill the GPU (M = 16384 queries give only 128
-// blocks of 128 rows on a 132-SM H100). Split partials go to a workspace and are merged by a
-// second kernel: (lse_s, o_s) -> lse = logsumexp_s lse_s, o = sum_s exp(lse_s - lse) o_s in the
-// forward, a plain sum in the backward.
+// blockIdx.y when the row blocks alone cannot fill the GPU (fewer blocks than the device holds at
+// once: SMs x resident blocks per SM, device_slots). Split partials go to a workspace and are
+// merged by a second kernel: (lse_s, o_s) -> lse = logsumexp_s lse_s,
+// o = sum_s exp(lse_s - lse) o_s in the forward, a plain sum in the backward.
 //
 // This file holds part 4 of 4, the split merges and the host side (launch planning, path choice,
 // the C interface of kernels.h); the device code is in three headers, included below so that all
@@ -350,8 +350,8 @@ cudaError_t bwd_run(const BwdArgs& a, size_t* need) {
 
 // Padded feature width (a compile-time tile parameter): 64, 128 or 256. Smaller D run in the
 // DP = 64 kernels: the k-steps and output tiles past D are skipped at run time, so only the
-// zero-filled staging is wasted; one instantiation fewer keeps nvcc time (which the GPU machine
-// pays on every fresh build) down.
+// zero-filled staging is wasted; one instantiation fewer keeps the nvcc time of every fresh
+// build down.
 template <typename T, bool TC>
 cudaError_t fwd_by_d(const FwdArgs& a, size_t* need) {
   if (a.with_grad) {

@@ -346,59 +346,6 @@ def op_handle(backend: str, name: str):
     return getattr(torch.ops.ctrlaug, name)
 
 
-# ---------------------------------------------------------------------------------------------
-# Backends that must exist (CI): a missing one is a failure, never a skip
-# ---------------------------------------------------------------------------------------------
-
-REQUIRE_ENV = "CTRLAUG_REQUIRE_BACKENDS"
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def required_backends() -> tuple[str, ...]:
-    """Backends that must be usable here, so that tests fail rather than skip without them.
-
-    ``CTRLAUG_REQUIRE_BACKENDS=cpp,triton`` names them ("" or "none": none). Otherwise, with
-    ``CI=true`` (set by GitHub Actions, GitLab and most CI systems), cpp and triton are required,
-    and cuda too when torch sees a CUDA device. Elsewhere none is required: a developer machine
-    without the extension skips those tests, with the reason.
-    """
-    env = os.environ.get(REQUIRE_ENV)
-    if env is not None:
-        names = tuple(n.strip() for n in env.split(",") if n.strip() and n.strip().lower() != "none")
-        bad = [n for n in names if n not in BACKENDS]
-        if bad:
-            raise ValueError(f"{REQUIRE_ENV}={env!r}: unknown backend(s) {bad}; choose from {BACKENDS}")
-        return names
-    if _truthy(os.environ.get("CI")):
-        return ("cpp", "triton") + (("cuda",) if torch.cuda.is_available() else ())
-    return ()
-
-
-def home_device(backend: str) -> torch.device:
-    """Where a backend's tests run: cpp on the CPU; cuda on the GPU; triton on the GPU when there is
-    one, else on the CPU under its interpreter."""
-    if backend == "cpp" or (backend == "triton" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if backend in ("cuda", "triton"):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def missing_required() -> dict[str, str]:
-    """``{backend: why it is not usable}`` for every required backend that cannot run here."""
-    out = {}
-    for b in required_backends():
-        dev = home_device(b)
-        if b == "cuda" and not torch.cuda.is_available():
-            out[b] = "torch sees no CUDA device"
-        elif not all(available(b, dev, op) for op in ("correspondence", "region_contrast_fwd")):
-            out[b] = _why_missing(b, dev)
-    return out
-
-
 CPU_ISA_ENV = "CTRLAUG_CPU_ISA"
 
 
@@ -432,12 +379,4 @@ def status() -> dict[str, object]:
         "cuda_device": torch.cuda.is_available(),
         "triton_installed": triton_installed(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-        "required": _required_text(),
     }
-
-
-def _required_text() -> str:
-    try:
-        return ",".join(required_backends()) or "none"
-    except ValueError as e:
-        return f"invalid ({e})"
