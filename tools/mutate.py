@@ -38,33 +38,33 @@ class Mutant(NamedTuple):
 
 
 # ---- test selections (kept small: each mutant runs only these) ---------------------------------
-DIRECTIONS = ("tests/test_directions.py", "tests/test_losses.py")
-WIRING = ("tests/test_wiring.py", "tests/test_losses.py")
+DIRECTIONS = ("tests/test_losses_directions.py", "tests/test_losses.py")
+WIRING = ("tests/test_losses_wiring.py", "tests/test_losses.py")
 RC_OP = ("tests/test_region_contrast.py", "-k", "not half and not triton and not compile")
-CORR_OP = ("tests/test_correspondence.py", "tests/test_wiring.py", "-k", "not triton")
-QUEUE = ("tests/test_train_wiring.py", "-k", "queue", "tests/test_losses.py")
-LEVELS = ("tests/test_train_wiring.py", "-k", "level")
-RESUME = ("tests/test_train_wiring.py", "-k", "resume")
-LOOP_MI = ("tests/test_train_wiring.py", "-k", "one_loop")
+CORR_OP = ("tests/test_correspondence.py", "tests/test_losses_wiring.py", "-k", "not triton")
+QUEUE = ("tests/test_engine_wiring.py", "-k", "queue", "tests/test_losses.py")
+LEVELS = ("tests/test_engine_wiring.py", "-k", "level")
+RESUME = ("tests/test_engine_wiring.py", "-k", "resume")
+LOOP_MI = ("tests/test_engine_wiring.py", "-k", "one_loop")
 PROTOCOLS = (
-    "tests/test_protocols.py",
+    "tests/test_eval_protocols_constructed.py",
     *(
-        f"tests/test_evaluate.py::test_{name}"
+        f"tests/test_eval_protocols.py::test_{name}"
         for name in ("retrieval_recall_matches_numpy", "retrieval_perfect_and_shuffled", "knn_above_chance_and_random_at_chance",
                      "knn_weighting_prefers_closer_neighbours", "linear_clip_protocol_above_chance",
                      "evaluate_clips_softmax_average")
     ),
 )  # fmt: skip
 AUGMENT = (
-    "tests/test_train_wiring.py::test_levels_handed_to_mi_are_the_levels_applied_to_those_views",
-    "tests/test_train_wiring.py::test_level_groups_do_not_depend_on_view_position",
+    "tests/test_engine_wiring.py::test_levels_handed_to_mi_are_the_levels_applied_to_those_views",
+    "tests/test_engine_wiring.py::test_level_groups_do_not_depend_on_view_position",
     *(
         f"tests/test_augment.py::test_{name}"
         for name in ("sample_levels_groups", "level_params_inside_their_bins", "level_params_keep_batch_shape",
                      "low_level_matches_reference", "augment_batch_draws_levels_when_missing")
     ),
 )  # fmt: skip
-REQUIRED = ("tests/test_required_backends.py",)
+REQUIRED = ("tests/test_backends.py",)
 
 OPS, AUG = "ctrlaug/ops", "ctrlaug/augment"
 
@@ -157,7 +157,7 @@ MUTANTS: list[Mutant] = [
     Mutant("T9", f"{AUG}/batch.py", "levels, params = levels[rows], params.select(rows)",
            "levels, params = levels[rows].roll(1, 1), params.select(rows)", LEVELS,
            "levels vs params misaligned"),
-    Mutant("T10", "ctrlaug/engine/trainer.py", "                self.sched.step()\n", "                pass\n", RESUME, "no lr schedule"),
+    Mutant("T10", "ctrlaug/engine/trainer.py", "        self.sched.step()\n", "        pass\n", RESUME, "no lr schedule"),
     # ---- evaluation protocols (ctrlaug/eval/) -----------------------------------------------
     Mutant("E1", "ctrlaug/eval/protocols.py", "r = retrieval_recall(tef.mean(1), tel, trf.mean(1), trl, chunk=chunk)",
            "r = retrieval_recall(trf.mean(1), trl, tef.mean(1), tel, chunk=chunk)", PROTOCOLS, "query/gallery swapped"),

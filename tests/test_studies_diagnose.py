@@ -1,4 +1,4 @@
-"""Mechanism diagnostics (ctrlaug.diagnose): each measurement on constructed features, maps and
+"""Mechanism diagnostics (ctrlaug.studies.diagnose, python -m ctrlaug.diagnose): each measurement on constructed features, maps and
 masks, the clips it relies on, and the CLI end to end on a tiny random-init encoder."""
 
 from __future__ import annotations

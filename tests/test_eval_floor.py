@@ -1,4 +1,4 @@
-"""The random-init floor: one seed convention (ctrlaug.floor) and mean/spread over inits."""
+"""The random-init floor: one seed convention (ctrlaug.eval.floor) and mean/spread over inits."""
 
 import pytest
 import torch
