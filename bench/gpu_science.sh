@@ -15,9 +15,9 @@ EXTRA=()
 LIMIT=${SCIENCE_RUN_TIMEOUT:-300}
 if [ "${SCIENCE_TINY:-0}" = "1" ]; then
   EXTRA=(shapes.train_per_class=2 shapes.test_per_class=4 shapes.num_frames=16 shapes.size=32
-         augment.size=32 augment.global_frames=8 augment.clip_frames=8 width=0.125 proj_hidden=32
-         proj_dim=16 mi.hidden=16 td.hidden=16 batch_size=8 epochs=1 num_workers=0 probe_epochs=5
-         progress=false)
+         augment.size=32 augment.global_frames=8 augment.clip_frames=8 model.width=0.125 model.proj_hidden=32
+         model.proj_dim=16 mi.hidden=16 td.hidden=16 batch_size=8 epochs=1 num_workers=0 eval.linear_epochs=5
+         log.progress=false)
   LIMIT=${SCIENCE_RUN_TIMEOUT:-120}
 fi
 declare -A ROWS=([l_nce]="nce=true rc=false mi=false td=false" [full]="rc=true mi=true td=true")
@@ -25,7 +25,7 @@ for row in l_nce full; do
   step "train $row"
   # shellcheck disable=SC2086
   timeout "$LIMIT" $PY -m ctrlaug.train --config configs/shapes-gpu.yaml ${ROWS[$row]} \
-    out_dir="$OUT/science/$row" resume=none tensorboard=false plot=false "${EXTRA[@]}" \
+    out_dir="$OUT/science/$row" resume=none log.tensorboard=false log.plot=false "${EXTRA[@]}" \
     > "$OUT/science/$row.log" 2>&1
   echo "train $row rc=$?" | tee -a "$OUT/science/steps.log"
   tail -8 "$OUT/science/$row.log"

@@ -7,11 +7,13 @@ dataclass defaults *are* the embedded demo (a small-width R3D on the factorised 
 a few CPU minutes); ``configs/*.yaml`` hold the paper settings for UCF-101 and Kinetics-400.
 
 Loading order: defaults < YAML file < ``key=value`` overrides. Nested dataclasses (``augment``,
-``data``, ``shapes``, ``synthetic`` and one per loss: ``rc``, ``mi``, ``td``, ``nce``) take dotted
-keys (``augment.num_clips=3``, ``rc.tau=0.1``) or a nested mapping in YAML; a loss also takes a
-bare switch (``nce=true`` = ``nce.enabled=true``). Unknown keys, the old flat loss keys
-(``tau``, ``mi_weight``, ...) and bad values raise one :class:`ConfigError` that lists every
-problem with the valid keys, the new name or the valid choices.
+``data``, ``shapes``, ``synthetic``, one per loss: ``rc``, ``mi``, ``td``, ``nce``, and the groups
+``model``, ``optim``, ``log``, ``eval``) take dotted keys (``augment.num_clips=3``, ``rc.tau=0.1``,
+``optim.lr=1e-4``) or a nested mapping in YAML; a loss also takes a bare switch (``nce=true`` =
+``nce.enabled=true``). Unknown keys, the old flat keys (``tau``, ``mi_weight``, ``lr``, ``probe``,
+...: :data:`RENAMED`) and bad values raise one :class:`ConfigError` that lists every problem with
+the valid keys, the new name or the valid choices; configs saved by earlier versions are read
+with :func:`migrate_saved_config`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from ctrlaug.utils.cfgtools import ConfigError, config, opt
 __all__ = [
     "ConfigError",
     "TrainConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "LogConfig",
+    "EvalConfig",
+    "RENAMED",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -58,6 +65,146 @@ _RENAMED |= {
 _RENAMED |= {f"td_{k}": f"td.{k}" for k in ("weight", "head", "hidden", "tau", "estimator", "shuffles")}
 _RENAMED |= {f"nce_{k}": f"nce.{k}" for k in ("weight", "tau", "mode")}
 _RENAMED["mi_ema"] = "mi.ema; L_td's moving-average rate, which mi_ema also set, is now td.ema"
+# The flat model, optimisation, logging and evaluation keys before they got their groups.
+_RENAMED |= {
+    k: f"model.{k}"
+    for k in (
+        "arch",
+        "width",
+        "global_stride1_stages",
+        "spatial_stride1_stages",
+        "proj_hidden",
+        "proj_dim",
+        "sync_bn",
+        "channels_last",
+        "compile",
+        "amp",
+    )
+}
+_RENAMED |= {
+    k: f"optim.{k}"
+    for k in (
+        "lr",
+        "weight_decay",
+        "lr_milestones",
+        "lr_gamma",
+        "grad_clip",
+        "max_steps_per_epoch",
+        "max_bad_steps",
+    )
+}
+_RENAMED |= {
+    k: f"log.{k}"
+    for k in ("log_every", "ckpt_every_steps", "keep_checkpoints", "tensorboard", "progress", "plot")
+}
+# "probe" also names a module and diagnose's probes: the evaluation keys say what they run instead.
+_RENAMED |= {
+    "probe": "eval.linear",
+    "probe_split": "eval.split",
+    "probe_clips": "eval.clips",
+    "probe_epochs": "eval.linear_epochs",
+    "knn_every": "eval.knn_every",
+    "knn_k": "eval.knn_k",
+    "knn_t": "eval.knn_t",
+}
+
+#: Every old flat key -> its dotted key today (after ``;``: a note), for the "renamed" errors
+#: and :func:`migrate_saved_config`.
+RENAMED = _RENAMED
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups of TrainConfig besides the data, augmentation and loss configs
+# ----------------------------------------------------------------------------------------------
+
+
+@config
+class ModelConfig:
+    """The encoder and its per-cell projection head, and how they run."""
+
+    arch: str = opt(
+        "r3d18",
+        "encoder: R3D-18 or R3D-34 (Hara et al.'s blocks, (1,2,2) max-pool for the paper's grids)",
+        choices=("r3d18", "r3d34"),
+    )
+    width: float = opt(0.125, "channel multiplier of the encoder (1.0 = 64..512 channels)", min=1e-3)
+    global_stride1_stages: list[int] = opt(
+        None,
+        "stages (2,3,4) run with temporal stride 1 on the global path: [3,4] -> T_v=8",
+        factory=lambda: [3, 4],
+    )
+    spatial_stride1_stages: list[int] = opt(
+        None,
+        f"stages (2,3,4) built with spatial stride 1 (temporal stride kept): [4] at 64 px views "
+        f"-> 4x4 grid ({OUR_CHOICE}; [] = Hara's layout)",
+        factory=list,
+    )
+    proj_hidden: int = opt(128, f"hidden width of the per-cell projection head ({OUR_CHOICE})", min=1)
+    proj_dim: int = opt(64, f"output width of the per-cell projection head ({OUR_CHOICE})", min=1)
+    sync_bn: bool = opt(False, "synchronise BatchNorm statistics over DDP ranks")
+    channels_last: bool = opt(True, "channels-last-3d memory format for the encoder (CUDA only)")
+    compile: bool = opt(False, "torch.compile the encoder")
+    amp: str = opt(
+        "auto", "mixed precision: 'auto' = bf16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off")
+    )
+
+    def _problems(self) -> list[str]:
+        errs = []
+        for key in ("global_stride1_stages", "spatial_stride1_stages"):
+            stages = getattr(self, key)
+            if any(s not in (2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
+                errs.append(f"{key}: invalid value {stages!r}; valid choices: a subset of [2, 3, 4]")
+        return errs
+
+
+@config
+class OptimConfig:
+    """Adam on the encoder and heads (L_mi's G_theta has its own: ``mi.lr``), its schedule and guards."""
+
+    lr: float = opt(1e-3, "Adam learning rate (paper: 1e-3)", min=0.0)
+    weight_decay: float = opt(1e-5, "Adam weight decay (paper: 1e-5)", min=0.0)
+    lr_milestones: list[int] | None = opt(
+        None, "epochs where lr is divided by lr_gamma; null = paper rule (75% of epochs, 70% for k400)"
+    )
+    lr_gamma: float = opt(0.1, "step-decay factor", min=0.0)
+    grad_clip: float = opt(0.0, "clip the global gradient norm (0 = off)", min=0.0)
+    max_steps_per_epoch: int = opt(0, "stop each epoch after this many steps (0 = full epoch)", min=0)
+    max_bad_steps: int = opt(5, "abort after this many consecutive non-finite losses", min=1)
+
+    def _problems(self) -> list[str]:
+        if self.lr_milestones is not None and any(m < 1 for m in self.lr_milestones):
+            return [f"lr_milestones: epochs must be >= 1, got {self.lr_milestones!r}"]
+        return []
+
+
+@config
+class LogConfig:
+    """Metric rows, checkpoints, progress bar and plots of a run folder."""
+
+    log_every: int = opt(5, "steps between metric rows (CSV, TensorBoard)", min=1)
+    ckpt_every_steps: int = opt(0, "extra checkpoint every N steps (0 = per epoch only)", min=0)
+    keep_checkpoints: int = opt(2, "checkpoints kept in out_dir (oldest deleted)", min=1)
+    tensorboard: bool = opt(True, "write TensorBoard scalars when tensorboard is installed")
+    progress: bool = opt(True, "progress bar with clips/s and ETA on stderr")
+    plot: bool = opt(True, "loss-curve PNG at the end (needs matplotlib)")
+
+
+@config
+class EvalConfig:
+    """The linear probe after pretraining (the demo) and the kNN monitor during it."""
+
+    linear: bool = opt(True, "linear probe on the test split after training, beside a random-init encoder")
+    split: str = opt("test", "split the linear probe tests on (trains on `split`)")
+    clips: int = opt(2, "uniformly spaced clips averaged per video for probe features", min=1)
+    linear_epochs: int = opt(200, "full-batch Adam epochs of the linear classifier", min=1)
+    knn_every: int = opt(
+        4,
+        "weighted kNN top-1 every N epochs and after the last (bank: `split`, queries: `eval.split`, "
+        "eval.clips clips per video); 0 = off",
+        min=0,
+    )
+    knn_k: int = opt(20, "kNN monitor: neighbours that vote", min=1)
+    knn_t: float = opt(0.07, "kNN monitor: vote weight exp(cos / knn_t)", min=1e-4)
 
 
 @config
@@ -86,7 +233,6 @@ class TrainConfig:
     )
     split: str = opt("train", "split to pretrain on")
     fold: int = opt(1, "official split number for ucf101 / hmdb51 (paper: split 1)", min=1)
-    probe_split: str = opt("test", "split the linear probe tests on (trains on `split`)")
     synthetic: SyntheticConfig = opt(
         None,
         "synthetic motion set (dataset=synthetic); set fields with synthetic.<name>=value",
@@ -112,31 +258,9 @@ class TrainConfig:
         factory=lambda: AugmentConfig(size=48, global_frames=8, clip_frames=8, levels_per_step=8, hue=0.5),
     )
 
-    # ---- model ----------------------------------------------------------------------------------
-    arch: str = opt(
-        "r3d18",
-        "encoder: R3D-18 or R3D-34 (Hara et al.'s blocks, (1,2,2) max-pool for the paper's grids)",
-        choices=("r3d18", "r3d34"),
-    )
-    width: float = opt(0.125, "channel multiplier of the encoder (1.0 = 64..512 channels)", min=1e-3)
-    global_stride1_stages: list[int] = opt(
-        None,
-        "stages (2,3,4) run with temporal stride 1 on the global path: [3,4] -> T_v=8",
-        factory=lambda: [3, 4],
-    )
-    spatial_stride1_stages: list[int] = opt(
-        None,
-        f"stages (2,3,4) built with spatial stride 1 (temporal stride kept): [4] at 64 px views "
-        f"-> 4x4 grid ({OUR_CHOICE}; [] = Hara's layout)",
-        factory=list,
-    )
-    proj_hidden: int = opt(128, f"hidden width of the per-cell projection head ({OUR_CHOICE})", min=1)
-    proj_dim: int = opt(64, f"output width of the per-cell projection head ({OUR_CHOICE})", min=1)
-    sync_bn: bool = opt(False, "synchronise BatchNorm statistics over DDP ranks")
-    channels_last: bool = opt(True, "channels-last-3d memory format for the encoder (CUDA only)")
-    compile: bool = opt(False, "torch.compile the encoder")
-    amp: str = opt(
-        "auto", "mixed precision: 'auto' = bf16 on CUDA, off on CPU", choices=("auto", "bf16", "fp16", "off")
+    # ---- model -------------------------------------------------------------------------------
+    model: ModelConfig = opt(
+        None, "encoder and projection head; set fields with model.<name>=value", factory=ModelConfig
     )
 
     # ---- losses: each a nested config handed to its loss (ctrlaug.losses) ------------------------
@@ -155,54 +279,33 @@ class TrainConfig:
 
     # ---- optimisation ---------------------------------------------------------------------------
     epochs: int = opt(12, "training epochs (paper: 200 UCF-101, 100 K400)", min=1)
-    lr: float = opt(1e-3, "Adam learning rate (paper: 1e-3)", min=0.0)
-    weight_decay: float = opt(1e-5, "Adam weight decay (paper: 1e-5)", min=0.0)
-    lr_milestones: list[int] | None = opt(
-        None, "epochs where lr is divided by lr_gamma; null = paper rule (75% of epochs, 70% for k400)"
+    optim: OptimConfig = opt(
+        None,
+        "optimiser, lr schedule and step guards; set fields with optim.<name>=value",
+        factory=OptimConfig,
     )
-    lr_gamma: float = opt(0.1, "step-decay factor", min=0.0)
-    grad_clip: float = opt(0.0, "clip the global gradient norm (0 = off)", min=0.0)
-    max_steps_per_epoch: int = opt(0, "stop each epoch after this many steps (0 = full epoch)", min=0)
 
     # ---- logging and checkpoints ----------------------------------------------------------------
-    log_every: int = opt(5, "steps between metric rows (CSV, TensorBoard)", min=1)
-    ckpt_every_steps: int = opt(0, "extra checkpoint every N steps (0 = per epoch only)", min=0)
-    keep_checkpoints: int = opt(2, "checkpoints kept in out_dir (oldest deleted)", min=1)
-    tensorboard: bool = opt(True, "write TensorBoard scalars when tensorboard is installed")
-    progress: bool = opt(True, "progress bar with clips/s and ETA on stderr")
-    plot: bool = opt(True, "loss-curve PNG at the end (needs matplotlib)")
-    max_bad_steps: int = opt(5, "abort after this many consecutive non-finite losses", min=1)
-
-    # ---- linear probe after pretraining (the demo) -----------------------------------------------
-    probe: bool = opt(True, "linear probe on the test split after training, beside a random-init encoder")
-    probe_clips: int = opt(2, "uniformly spaced clips averaged per video for probe features", min=1)
-    probe_epochs: int = opt(200, "full-batch Adam epochs of the linear classifier", min=1)
-
-    # ---- kNN monitor during pretraining ---------------------------------------------------------
-    knn_every: int = opt(
-        4,
-        "weighted kNN top-1 every N epochs and after the last (bank: `split`, queries: `probe_split`, "
-        "probe_clips clips per video); 0 = off",
-        min=0,
+    log: LogConfig = opt(
+        None, "metric rows, checkpoints, progress, plots; set fields with log.<name>=value", factory=LogConfig
     )
-    knn_k: int = opt(20, "kNN monitor: neighbours that vote", min=1)
-    knn_t: float = opt(0.07, "kNN monitor: vote weight exp(cos / knn_t)", min=1e-4)
+
+    # ---- evaluation: linear probe after pretraining (the demo), kNN monitor during it -----------
+    eval: EvalConfig = opt(
+        None,
+        "linear probe after training and kNN monitor; set fields with eval.<name>=value",
+        factory=EvalConfig,
+    )
 
     def _problems(self) -> list[str]:
         """Cross-field checks."""
         errs = []
-        for key in ("global_stride1_stages", "spatial_stride1_stages"):
-            stages = getattr(self, key)
-            if any(s not in (2, 3, 4) for s in stages) or len(set(stages)) != len(stages):
-                errs.append(f"{key}: invalid value {stages!r}; valid choices: a subset of [2, 3, 4]")
         if not any(c.enabled for c in (self.rc, self.mi, self.td, self.nce)):
             errs.append("rc, mi, td, nce: every objective is off; enable at least one")
         if self.td.enabled and self.augment.num_clips < 2:
             errs.append(
                 f"td: L_td orders clips and needs augment.num_clips >= 2, got {self.augment.num_clips}"
             )
-        if self.lr_milestones is not None and any(m < 1 for m in self.lr_milestones):
-            errs.append(f"lr_milestones: epochs must be >= 1, got {self.lr_milestones!r}")
         if self.dataset in DATASETS and not get_format(self.dataset).rendered and not self.data_root:
             errs.append(f"data_root: required for dataset={self.dataset!r}")
         return errs
@@ -223,9 +326,10 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 def migrate_saved_config(values: dict) -> dict:
-    """A config mapping saved by an earlier version (flat loss keys: ``tau``, ``mi_weight``, and
-    ``rc: true`` as the switch) in today's nested form (``rc: {enabled, tau, ...}``); a mapping
-    without old keys comes back unchanged.
+    """A config mapping saved by an earlier version (flat keys: ``tau``, ``mi_weight``, ``lr``,
+    ``probe``, ... of :data:`RENAMED`, and ``rc: true`` as the switch) in today's nested form
+    (``rc: {enabled, tau, ...}``, ``optim: {lr, ...}``, ``eval: {linear, ...}``); a mapping without
+    old keys comes back unchanged.
 
     Only for configs read back from checkpoints and run folders, whose every field was saved, so
     the old run's values carry over exactly (``mi_ema`` also set L_td's rate: it fills both

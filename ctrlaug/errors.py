@@ -44,7 +44,7 @@ class EvalError(CtrlAugError, ValueError):
 
 
 class NonFiniteLossError(CtrlAugError, RuntimeError):
-    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss or gradient, or when
+    """Raised after ``optim.max_bad_steps`` consecutive steps with a NaN/inf loss or gradient, or when
     the parameters or the state to be checkpointed became non-finite."""
 
 

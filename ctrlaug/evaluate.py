@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset format (default: the checkpoint config's)")
     p.add_argument("--data-root", help="dataset root (default: the checkpoint config's)")
     p.add_argument("--train-split", help="train / gallery split (default: config split)")
-    p.add_argument("--test-split", help="test / query split (default: config probe_split)")
+    p.add_argument("--test-split", help="test / query split (default: config eval.split)")
     p.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video (paper: 10)")
     p.add_argument("--epochs", type=int, default=0, help="epochs (default: linear 100, finetune 5)")
     p.add_argument(

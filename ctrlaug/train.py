@@ -89,7 +89,7 @@ def _run(parsed) -> int:
                     f"[ctrlaug.train] {result['steps']} steps in {time.perf_counter() - t0:.0f}s; "
                     f"loss {sum(first) / len(first):.4f} (first 10%) -> {sum(last) / len(last):.4f} (last 10%)"
                 )
-        if cfg.probe:
+        if cfg.eval.linear:
             t1 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -137,14 +137,14 @@ def test_demo_probe_json_schema(tmp_path):
     rc = main(
         [
             "epochs=1",
-            "max_steps_per_epoch=1",
+            "optim.max_steps_per_epoch=1",
             "shapes.train_per_class=2",
             "shapes.test_per_class=2",
-            "knn_every=0",
-            "probe_epochs=3",
-            "progress=false",
-            "plot=false",
-            "tensorboard=false",
+            "eval.knn_every=0",
+            "eval.linear_epochs=3",
+            "log.progress=false",
+            "log.plot=false",
+            "log.tensorboard=false",
             "num_workers=0",
             f"out_dir={out}",
         ]

@@ -161,7 +161,7 @@ def test_an_old_format_file_names_the_opt_in_and_the_upgrade_makes_it_load(tmp_p
 
 
 def test_an_inf_gradient_is_skipped_and_every_saved_tensor_stays_finite(tmp_path, capsys):
-    cfg = tiny(tmp_path, "epochs=2", "ckpt_every_steps=1", "keep_checkpoints=4")
+    cfg = tiny(tmp_path, "epochs=2", "log.ckpt_every_steps=1", "log.keep_checkpoints=4")
     tr = Trainer(cfg)
     w = next(tr.obj.encoder.parameters())
     w.register_hook(lambda g: g * float("inf") if tr.step == 1 else g)  # step 2: inf grad, finite loss
@@ -182,7 +182,7 @@ def test_an_inf_gradient_is_skipped_and_every_saved_tensor_stays_finite(tmp_path
 def test_a_state_with_nan_is_never_checkpointed_and_the_good_one_is_kept(tmp_path):
     from ctrlaug.errors import NonFiniteLossError
 
-    cfg = tiny(tmp_path, "epochs=2", "keep_checkpoints=1")
+    cfg = tiny(tmp_path, "epochs=2", "log.keep_checkpoints=1")
     tr = Trainer(cfg)
 
     def poison(step, epoch, m):
@@ -234,8 +234,8 @@ def test_an_out_dir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys)
 
 
 def test_resume_with_a_new_lr_and_more_epochs_uses_them(tmp_path, capsys):
-    train(tiny(tmp_path, "epochs=1", "lr_milestones=null"))  # 1 epoch: no milestone
-    res = train(tiny(tmp_path, "epochs=4", "lr=0.01", "lr_milestones=null"))
+    train(tiny(tmp_path, "epochs=1", "optim.lr_milestones=null"))  # 1 epoch: no milestone
+    res = train(tiny(tmp_path, "epochs=4", "optim.lr=0.01", "optim.lr_milestones=null"))
     # the paper rule on 4 epochs: /10 after epoch 3; the new lr from the first resumed step on
     assert [h["lr"] for h in res["history"]] == [0.01] * 4 + [pytest.approx(0.001)] * 2
     assert "resume applies: lr schedule" in capsys.readouterr().err
@@ -247,7 +247,7 @@ def test_resume_mid_epoch_with_another_batch_size_converts_or_refuses(tmp_path):
 
     base = [a for a in T if not a.startswith(("batch_size", "synthetic.train_per_class"))]
     cfg = load_config(None, [*base, "synthetic.train_per_class=8", "batch_size=4", "epochs=1",
-                             "ckpt_every_steps=1", f"out_dir={tmp_path / 'run'}"])  # fmt: skip
+                             "log.ckpt_every_steps=1", f"out_dir={tmp_path / 'run'}"])  # fmt: skip
 
     class Stop(Exception):
         pass
@@ -282,7 +282,7 @@ def test_resume_auto_with_only_unloadable_checkpoints_exits_2_unless_asked_to_st
 
 def test_a_checkpoint_of_another_width_falls_back_to_an_older_good_one(tmp_path, capsys):
     train(tiny(tmp_path, "epochs=1"))
-    other = tiny(tmp_path, "epochs=1", "width=0.125", name="other")
+    other = tiny(tmp_path, "epochs=1", "model.width=0.125", name="other")
     train(other)
     run = tmp_path / "run"
     os.replace(os.path.join(other.out_dir, "ckpt_000000002.pt"), run / "ckpt_000000009.pt")
@@ -350,7 +350,10 @@ def test_a_flipped_byte_is_detected_and_the_previous_checkpoint_used(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["lr=nan", "lr=inf", "width=nan", "rc.tau=nan", "knn_t=.nan", "lr=-.inf"])
+@pytest.mark.parametrize(
+    "bad",
+    ["optim.lr=nan", "optim.lr=inf", "model.width=nan", "rc.tau=nan", "eval.knn_t=.nan", "optim.lr=-.inf"],
+)
 def test_non_finite_numbers_are_config_errors(bad, capsys):
     with pytest.raises(ConfigError, match="expected a finite number"):
         load_config(None, [bad])
@@ -360,7 +363,7 @@ def test_non_finite_numbers_are_config_errors(bad, capsys):
 
 def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
     y = tmp_path / "bad.yaml"
-    y.write_text("lr: [1e-3\nepochs: 2\n")
+    y.write_text("optim: {lr: [1e-3\nepochs: 2\n")
     assert main(["--config", str(y)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not valid YAML" in err[0] and "line" in err[0]

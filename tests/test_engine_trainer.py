@@ -55,7 +55,7 @@ def _stop_at(step_to_stop: int):
 
 
 def test_tiny_run_trains_and_loss_goes_down(tmp_path):
-    cfg = tiny(tmp_path, "epochs=6", "lr=3e-3")
+    cfg = tiny(tmp_path, "epochs=6", "optim.lr=3e-3")
     res = train(cfg)
     hist = res["history"]
     assert len(hist) == 12 and res["steps"] == 12
@@ -75,12 +75,16 @@ def test_tiny_run_trains_and_loss_goes_down(tmp_path):
     # the resolved config is saved with the run and reads back to the same config
     with open(tmp_path / "run" / "config.yaml") as f:
         assert config_from_dict(yaml.safe_load(f)) == cfg
-    assert len(list_checkpoints(cfg.out_dir)) == cfg.keep_checkpoints
+    assert len(list_checkpoints(cfg.out_dir)) == cfg.log.keep_checkpoints
 
 
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["after-epoch-1", "mid-epoch-2"])
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, mid_epoch):
-    extra = ("epochs=2", "rc.queue_size=40", "ckpt_every_steps=1" if mid_epoch else "ckpt_every_steps=0")
+    extra = (
+        "epochs=2",
+        "rc.queue_size=40",
+        "log.ckpt_every_steps=1" if mid_epoch else "log.ckpt_every_steps=0",
+    )
     full = train(tiny(tmp_path, *extra, name="full"))["history"]
     assert len(full) == 4
     cfg = tiny(tmp_path, *extra, name="resumed")
@@ -183,7 +187,7 @@ def test_rc_in_the_loop_equals_the_reference_op_on_the_same_batch(tmp_path):
 
 
 def test_nonfinite_loss_steps_are_skipped_then_abort(tmp_path, capsys):
-    cfg = tiny(tmp_path, "max_bad_steps=2", "epochs=1")
+    cfg = tiny(tmp_path, "optim.max_bad_steps=2", "epochs=1")
     tr = Trainer(cfg)
     real = tr.model.forward
     before = {k: v.detach().clone() for k, v in tr.obj.named_parameters()}
@@ -204,7 +208,15 @@ def test_nonfinite_loss_steps_are_skipped_then_abort(tmp_path, capsys):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    common = [*TINY, "epochs=1", "sync_bn=true", "threads=1", "resume=none", "rc.queue_size=32", "nce=true"]
+    common = [
+        *TINY,
+        "epochs=1",
+        "model.sync_bn=true",
+        "threads=1",
+        "resume=none",
+        "rc.queue_size=32",
+        "nce=true",
+    ]
     # The paper-scale temperature, at which the tolerances below were set. At the demo's 0.2 the
     # two runs end 7.3e-5 (params) and 3.5e-5 (queue) apart after 2 steps while the losses still
     # agree to 1e-4: the L_rc gradients are ~3x smaller there, and we read the gap as Adam's
@@ -253,7 +265,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
 
 def test_bad_keys_and_values_give_one_clear_error(capsys):
-    rc = main(["arch=r3d50", "lr=fast", "augmnt.size=3", "td.head=lstm", "augment.num_clips=0"])
+    rc = main(["model.arch=r3d50", "optim.lr=fast", "augmnt.size=3", "td.head=lstm", "augment.num_clips=0"])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "Traceback" not in err
@@ -266,15 +278,22 @@ def test_bad_keys_and_values_give_one_clear_error(capsys):
 
 def test_yaml_file_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("arch: r3d34\nlr: 1e-4\naugment:\n  num_clips: 3\nglobal_stride1_stages: [4]\n")
-    cfg = load_config(str(p), ["lr=2e-4", "augment.size=64"])
-    assert cfg.arch == "r3d34" and cfg.lr == 2e-4 and cfg.augment.num_clips == 3 and cfg.augment.size == 64
-    assert cfg.global_stride1_stages == [4]
-    p.write_text("arch: r3d18\nbogus: 1\n")
+    p.write_text(
+        "model: {arch: r3d34, global_stride1_stages: [4]}\noptim: {lr: 1e-4}\naugment:\n  num_clips: 3\n"
+    )
+    cfg = load_config(str(p), ["optim.lr=2e-4", "augment.size=64"])
+    assert (
+        cfg.model.arch == "r3d34"
+        and cfg.optim.lr == 2e-4
+        and cfg.augment.num_clips == 3
+        and cfg.augment.size == 64
+    )
+    assert cfg.model.global_stride1_stages == [4]
+    p.write_text("model: {arch: r3d18}\nbogus: 1\n")
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         load_config(str(p))
     with pytest.raises(ConfigError, match="global_stride1_stages"):
-        load_config(None, ["global_stride1_stages=[1,3]"])
+        load_config(None, ["model.global_stride1_stages=[1,3]"])
     with pytest.raises(ConfigError, match="needs augment.num_clips >= 2"):
         load_config(None, ["augment.num_clips=1"])
     with pytest.raises(ConfigError, match="data_root: required"):
@@ -303,10 +322,22 @@ def test_loss_configs_nest_switch_and_name_the_old_flat_keys(tmp_path):
 def test_paper_lr_schedule_defaults():
     assert lr_milestones(load_config(None, ["dataset=ucf101", "data_root=/x", "epochs=200"])) == [150]
     assert lr_milestones(load_config(None, ["dataset=k400", "data_root=/x", "epochs=100"])) == [70]
-    assert lr_milestones(load_config(None, ["lr_milestones=[2,5]"])) == [2, 5]
+    assert lr_milestones(load_config(None, ["optim.lr_milestones=[2,5]"])) == [2, 5]
     ucf = load_config(os.path.join(ROOT, "configs", "ucf101.yaml"), ["data_root=/x"])
-    assert (ucf.batch_size, ucf.epochs, ucf.lr, ucf.weight_decay, ucf.rc.tau) == (128, 200, 1e-3, 1e-5, 0.07)
-    assert (ucf.width, ucf.augment.size, ucf.augment.clip_frames, ucf.proj_hidden, ucf.proj_dim) == (
+    assert (ucf.batch_size, ucf.epochs, ucf.optim.lr, ucf.optim.weight_decay, ucf.rc.tau) == (
+        128,
+        200,
+        1e-3,
+        1e-5,
+        0.07,
+    )
+    assert (
+        ucf.model.width,
+        ucf.augment.size,
+        ucf.augment.clip_frames,
+        ucf.model.proj_hidden,
+        ucf.model.proj_dim,
+    ) == (
         1.0,
         112,
         16,
@@ -314,7 +345,11 @@ def test_paper_lr_schedule_defaults():
         128,
     )
     k400 = load_config(os.path.join(ROOT, "configs", "k400.yaml"), ["data_root=/x"])
-    assert (k400.knn_every, k400.rc.tau, k400.lr_milestones) == (0, 0.07, [70])  # no kNN pass over K400
+    assert (k400.eval.knn_every, k400.rc.tau, k400.optim.lr_milestones) == (
+        0,
+        0.07,
+        [70],
+    )  # no kNN pass over K400
     assert (
         load_config(os.path.join(ROOT, "configs", "demo.yaml")) == TrainConfig()
     )  # demo.yaml = the defaults
@@ -341,7 +376,7 @@ def test_tensorboard_scalars_and_loss_curve_when_installed(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is optional (loss-curve PNG)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = tiny(tmp_path, "epochs=1", "max_steps_per_epoch=2", "tensorboard=true", "plot=true")
+    cfg = tiny(tmp_path, "epochs=1", "optim.max_steps_per_epoch=2", "log.tensorboard=true", "log.plot=true")
     train(cfg)
     run = tmp_path / "run"
     assert (run / "loss_curve.png").stat().st_size > 1000
@@ -400,7 +435,7 @@ def test_knn_monitor_logs_top1_and_leaves_training_untouched(tmp_path):
     from ctrlaug.eval.metrics import knn_top1
 
     plain = train(tiny(tmp_path, "epochs=3", name="plain"))
-    cfg = tiny(tmp_path, "epochs=3", "knn_every=2", "knn_k=3", name="knn")
+    cfg = tiny(tmp_path, "epochs=3", "eval.knn_every=2", "eval.knn_k=3", name="knn")
     res = train(cfg)
     # after epoch 2 (every 2) and after the last epoch, with the step it was measured at
     assert [(e, s) for e, s, _ in res["knn"]] == [(2, 4), (3, 6)]
@@ -420,7 +455,7 @@ def test_knn_monitor_logs_top1_and_leaves_training_untouched(tmp_path):
 
 
 def test_knn_monitor_with_a_bad_probe_split_fails_before_training(tmp_path):
-    cfg = tiny(tmp_path, "epochs=1", "knn_every=1", "probe_split=nope")
+    cfg = tiny(tmp_path, "epochs=1", "eval.knn_every=1", "eval.split=nope")
     steps = []
     with pytest.raises(ValueError, match="nope"):
         train(cfg, on_step=lambda step, epoch, m: steps.append(step))

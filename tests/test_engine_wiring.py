@@ -199,7 +199,13 @@ def test_level_groups_do_not_depend_on_view_position(tmp_path):
 def test_mid_epoch_resume_restores_scheduler_and_both_optimizers(tmp_path):
     # lr /10 after epoch 1 of 3; checkpoints every step; steps 5 and 6 (epoch 3) depend on the
     # schedule's position and on Adam's moments from before the interruption.
-    extra = ("epochs=3", "lr_milestones=[1]", "ckpt_every_steps=1", "rc.queue_size=40", "mi.lr=1e-2")
+    extra = (
+        "epochs=3",
+        "optim.lr_milestones=[1]",
+        "log.ckpt_every_steps=1",
+        "rc.queue_size=40",
+        "mi.lr=1e-2",
+    )
     full = train(tiny(tmp_path, *extra, name="full"))
     hist = full["history"]
     assert [h["step"] for h in hist] == [1, 2, 3, 4, 5, 6]
@@ -245,7 +251,7 @@ def test_mid_epoch_resume_restores_scheduler_and_both_optimizers(tmp_path):
 def test_one_loop_step_moves_g_up_the_level_bound_and_the_encoder_down_the_mi_terms(tmp_path):
     """After one step with L_mi alone, re-score the same batch and pairs: the new G_theta (old
     encoder) raises the level bound; the new encoder (old G_theta) lowers level + local-global."""
-    cfg = tiny(tmp_path, "rc=false", "td=false", "lr=1e-4", "mi.lr=1e-4", "weight_decay=0")
+    cfg = tiny(tmp_path, "rc=false", "td=false", "optim.lr=1e-4", "mi.lr=1e-4", "optim.weight_decay=0")
     tr = Trainer(cfg)
     obj = tr.obj
     seen = {}

@@ -26,7 +26,7 @@ def _fake_run(folder, overrides, step=7, commit="0123abc"):
     encoder of the config, and the provenance.json a run writes."""
     cfg = load_config(None, [*TINY, *overrides, f"out_dir={folder}"])
     torch.manual_seed(3)
-    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
     g = torch.Generator().manual_seed(4)
     for m in enc.modules():
         if isinstance(m, torch.nn.BatchNorm3d):  # non-trivial statistics, so eval-mode BN matters
@@ -53,7 +53,7 @@ def _clips(n=2, t=8, s=32, seed=0):
 
 
 def test_ctrlaug_export_round_trip(tmp_path):
-    ckpt = _fake_run(tmp_path / "run", ["spatial_stride1_stages=[4]"])
+    ckpt = _fake_run(tmp_path / "run", ["model.spatial_stride1_stages=[4]"])
     out = str(tmp_path / "exp" / "enc.pt")
     assert main([str(tmp_path / "run"), out]) == 0
     payload = torch.load(out, weights_only=True)  # plain types only
@@ -66,16 +66,18 @@ def test_ctrlaug_export_round_trip(tmp_path):
     assert not any(k.startswith(("proj", "mi", "td", "encoder.")) for k in payload["state_dict"])
     meta = payload["metadata"]
     ref, cfg, _ = load_encoder(ckpt)
-    assert meta["arch"] == "r3d18" and meta["width"] == cfg.width and meta["spatial_stride1_stages"] == [4]
+    assert (
+        meta["arch"] == "r3d18" and meta["width"] == cfg.model.width and meta["spatial_stride1_stages"] == [4]
+    )
     assert meta["input"]["mean"] == [0.45] * 3 and meta["input"]["std"] == [0.225] * 3
     assert meta["clip"]["frames"] == cfg.augment.clip_frames and meta["clip"]["size"] == cfg.augment.size
     assert meta["clip"]["feature_grid"] == list(ref.output_grid((cfg.augment.clip_frames, 32, 32)))
     assert meta["global_view"]["feature_grid"] == list(
-        ref.output_grid((cfg.augment.global_frames, 32, 32), cfg.global_stride1_stages)
+        ref.output_grid((cfg.augment.global_frames, 32, 32), cfg.model.global_stride1_stages)
     )
     src = meta["source"]
     assert src["checkpoint"] == os.path.abspath(ckpt) and src["step"] == 7 and src["git_commit"] == "0123abc"
-    assert src["config"]["width"] == cfg.width and "git_commit" in meta["exported_by"]
+    assert src["config"]["model"]["width"] == cfg.model.width and "git_commit" in meta["exported_by"]
     enc = load_backbone(out)
     assert enc.metadata == meta and not enc.training
     from ctrlaug.models import prepare_input
@@ -137,7 +139,7 @@ def test_torchvision_export_gives_the_same_features_in_torchvision(tmp_path):
     _torchvision_or_skip()
     from ctrlaug.models import build_torchvision_r3d18, prepare_input
 
-    _fake_run(tmp_path / "run", ["width=1.0"])
+    _fake_run(tmp_path / "run", ["model.width=1.0"])
     out = str(tmp_path / "r3d18_tv.pth")
     assert main([str(tmp_path / "run"), out, "--format", "torchvision"]) == 0
     sd = torch.load(out, weights_only=True)

@@ -30,7 +30,7 @@ def test_every_tool_builds_the_same_random_init_encoders():
     for i in range(FLOOR_INITS):
         enc, _, _ = load_encoder(None, None, True, ["seed=3"], init=i)
         torch.manual_seed(3 + 1 + i)
-        ref = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+        ref = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
         for (k, a), b in zip(enc.state_dict().items(), ref.state_dict().values()):
             assert torch.equal(a, b), (i, k)
     a = load_encoder(None, None, True, ["seed=3"], init=0)[0].state_dict()

@@ -270,7 +270,7 @@ def test_empty_run_folder_and_mismatched_config(tiny_run, tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     with open(os.path.join(tiny_run, "config.yaml")) as f:
         cfg = yaml.safe_load(f)
-    cfg["width"] = 0.125  # checkpoint was trained at 0.0625
+    cfg["model"]["width"] = 0.125  # checkpoint was trained at 0.0625
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
     assert main(["knn", "--checkpoint", tiny_run, "--config", str(bad), "--out", str(tmp_path)]) == 2

@@ -191,7 +191,7 @@ def tiny_yaml(tmp_path_factory):
 def test_cache_key_covers_every_input_of_the_features(tiny_yaml):
     cfg = load_config(tiny_yaml)
     torch.manual_seed(0)
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.model.arch, cfg.model.width)
     tr, _ = build_eval_datasets(cfg, eval_clips=2)
 
     def key(opts=None, c=cfg, e=enc):
@@ -204,8 +204,8 @@ def test_cache_key_covers_every_input_of_the_features(tiny_yaml):
     assert key(c=load_config(tiny_yaml, ["augment.size=24"])) != base
     assert key(c=load_config(tiny_yaml, ["augment.eval_crop=0.5"])) != base
     torch.manual_seed(1)
-    assert key(e=build_encoder(cfg.arch, cfg.width)) != base  # other weights
-    assert key(e=build_encoder(cfg.arch, cfg.width, [4])) != base  # other architecture
+    assert key(e=build_encoder(cfg.model.arch, cfg.model.width)) != base  # other weights
+    assert key(e=build_encoder(cfg.model.arch, cfg.model.width, [4])) != base  # other architecture
     json.dumps(base)  # JSON-able (it is stored beside the features)
 
 
@@ -321,7 +321,7 @@ def test_finetune_defaults_are_the_earlier_loop_step_for_step(tiny_yaml):
     results = []
     for fn in (_finetune_before, finetune):
         torch.manual_seed(0)
-        enc = build_encoder(cfg.arch, cfg.width)
+        enc = build_encoder(cfg.model.arch, cfg.model.width)
         torch.manual_seed(5)  # the head's init draws from the global RNG in both
         res = fn(enc, tr, te, 2, **kw)
         results.append((res[0], res[1]) if isinstance(res, tuple) else (res, enc.state_dict()))
@@ -331,7 +331,7 @@ def test_finetune_defaults_are_the_earlier_loop_step_for_step(tiny_yaml):
     assert all(torch.equal(old_sd[k], new_sd[k]) for k in old_sd)
     # a recipe setting does change the run
     torch.manual_seed(0)
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.model.arch, cfg.model.width)
     torch.manual_seed(5)
     cos = finetune(enc, tr, te, 2, **kw, schedule="cosine", dropout=0.5)
     assert cos["train_loss"] != old["train_loss"]
@@ -376,7 +376,7 @@ def test_precision_logic(monkeypatch):
 def test_bf16_extraction_runs_under_autocast_and_returns_float32(tiny_yaml):
     cfg = load_config(tiny_yaml)
     torch.manual_seed(0)
-    enc = build_encoder(cfg.arch, cfg.width)
+    enc = build_encoder(cfg.model.arch, cfg.model.width)
     _, te = build_eval_datasets(cfg, eval_clips=2)
     f32, y = extract_clip_features(enc, te, 2)
     b16, y2 = extract_clip_features(enc, te, 2, precision="bf16")

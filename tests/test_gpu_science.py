@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_gpu_preset_is_the_paper_geometry_on_the_shapes_benchmark():
     cfg = load_config(os.path.join(ROOT, "configs", "shapes-gpu.yaml"))
-    assert cfg.dataset == "shapes" and cfg.arch == "r3d18" and cfg.width == 1.0
+    assert cfg.dataset == "shapes" and cfg.model.arch == "r3d18" and cfg.model.width == 1.0
     assert (cfg.augment.size, cfg.augment.clip_frames, cfg.augment.global_frames) == (112, 16, 16)
-    assert cfg.global_stride1_stages == [3, 4] and cfg.augment.num_clips == 4
+    assert cfg.model.global_stride1_stages == [3, 4] and cfg.augment.num_clips == 4
     # the frames are rendered above the view size, so crops are downsampled, never upscaled
     assert cfg.shapes.size >= cfg.augment.size and cfg.shapes.num_frames >= 3 * cfg.augment.clip_frames
     # 12 epochs x 2048 videos / 64 = 384 steps: the <= 4 minute H200 budget in its header

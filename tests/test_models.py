@@ -43,14 +43,14 @@ def test_grid4_preset_gives_4x4_grids():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, "configs", "shapes-grid4.yaml"))
     a = cfg.augment
-    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).eval()
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages).eval()
     with torch.no_grad():
         clip = enc(torch.randn(1, 3, a.clip_frames, a.size, a.size))
-        glob = enc(torch.randn(1, 3, a.global_frames, a.size, a.size), cfg.global_stride1_stages)
+        glob = enc(torch.randn(1, 3, a.global_frames, a.size, a.size), cfg.model.global_stride1_stages)
     assert clip.shape[3:] == (4, 4) and glob.shape[3:] == (4, 4)
     assert glob.shape[2] > clip.shape[2]  # the global path keeps more time steps (T_v > T_c)
     assert enc.output_grid((a.clip_frames, a.size, a.size)) == tuple(clip.shape[2:])
-    assert enc.output_grid((a.global_frames, a.size, a.size), cfg.global_stride1_stages) == tuple(
+    assert enc.output_grid((a.global_frames, a.size, a.size), cfg.model.global_stride1_stages) == tuple(
         glob.shape[2:]
     )
 

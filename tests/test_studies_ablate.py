@@ -46,7 +46,7 @@ def test_every_row_is_a_valid_config(table, tmp_path):
     assert rows and len({r.slug for r in rows}) == len(rows)
     for p in ablate.plan_runs(table, [0, 1], str(tmp_path)):
         cfg = load_config(None, p["overrides"])
-        assert cfg.probe and cfg.seed == p["seed"] and cfg.out_dir == p["dir"]
+        assert cfg.eval.linear and cfg.seed == p["seed"] and cfg.out_dir == p["dir"]
 
 
 def test_row_counts_and_paper_numbers():
@@ -80,8 +80,8 @@ def test_rows_realise_the_paper_settings(tmp_path):
     mixed = cfg("table7", 4)
     assert mixed.nce.enabled and mixed.mi.enabled and mixed.td.enabled and not mixed.rc.enabled
     k3 = cfg("table4", 5)
-    assert k3.augment.num_clips == 3 and k3.global_stride1_stages == [3, 4]
-    assert cfg("table4", 0).global_stride1_stages == [] and not cfg("table4", 0).td.enabled
+    assert k3.augment.num_clips == 3 and k3.model.global_stride1_stages == [3, 4]
+    assert cfg("table4", 0).model.global_stride1_stages == [] and not cfg("table4", 0).td.enabled
     lv = cfg("table5", 3).augment
     assert lv.level_counts == (5, 5, 5, 2, 5)
     assert cfg("table6", 1).td.head == "vcop" and not cfg("table6", 0).td.enabled
@@ -180,7 +180,7 @@ def test_plot_written_when_matplotlib_available(tmp_path, diag):
 
 
 # tests/tiny.py with a short probe (the runner always turns the probe on).
-TINY = [*BASE_TINY, "probe_epochs=5", "probe_clips=1"]
+TINY = [*BASE_TINY, "eval.linear_epochs=5", "eval.clips=1"]
 
 
 def test_diagnostics_added_once_and_summarised(tmp_path, diag):
@@ -276,7 +276,7 @@ def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
     cfg_file = tmp_path / "base.yaml"
     cfg_file.write_text(
         "out_dir: ignored\nthreads: 1\nepochs: 3\naugment:\n  size: 64\n  local_area: [0.3, 0.7]\n"
-        "spatial_stride1_stages: [4]\nshapes: {train_per_class: 5}\n"
+        "model: {spatial_stride1_stages: [4]}\nshapes: {train_per_class: 5}\n"
     )
     fake, calls = _fake({0: 50.0})
     out = str(tmp_path / "abl")
@@ -286,7 +286,7 @@ def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
     cfg = load_config(None, ov)
     ref = load_config(str(cfg_file), ["epochs=2", "nce=false", "rc=true", "mi=false", "td=false"])
     assert cfg.augment == ref.augment and cfg.shapes == ref.shapes
-    assert (cfg.threads, cfg.epochs, cfg.spatial_stride1_stages) == (1, 2, [4])
+    assert (cfg.threads, cfg.epochs, cfg.model.spatial_stride1_stages) == (1, 2, [4])
     assert cfg.out_dir == os.path.join(out, "table7", "l_rc", "seed0")
     assert (cfg.rc.enabled, cfg.mi.enabled, cfg.td.enabled) == (True, False, False)
     bad = tmp_path / "bad.yaml"

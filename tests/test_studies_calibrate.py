@@ -13,7 +13,7 @@ TINY = [
     "shapes.test_per_class=4",
     "shapes.num_frames=16",
     "epochs=1",
-    "probe_epochs=3",
+    "eval.linear_epochs=3",
     "num_workers=0",
     "batch_size=8",
 ]
@@ -23,7 +23,7 @@ def test_pretrain_steps_follow_the_run_budget():
     cfg = load_config(None, ["batch_size=16", "epochs=3"])
     assert pretrain_steps(cfg, 256) == 48
     assert pretrain_steps(cfg, 250) == 48  # the last partial batch is a step
-    cfg = load_config(None, ["batch_size=16", "epochs=3", "max_steps_per_epoch=5"])
+    cfg = load_config(None, ["batch_size=16", "epochs=3", "optim.max_steps_per_epoch=5"])
     assert pretrain_steps(cfg, 256) == 15
 
 

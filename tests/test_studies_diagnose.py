@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # A diagnose run of a few seconds: 16 + 16 videos of 8 frames at 32 px, width 1/16.
 TINY_SHAPES = [
     "dataset=shapes",
-    "width=0.0625",
+    "model.width=0.0625",
     "shapes.num_shapes=2",
     "shapes.num_motions=2",
     "shapes.train_per_class=8",
@@ -263,7 +263,7 @@ def test_diagnose_reads_an_object_focused_order_blind_encoder_as_such():
 def test_a_config_of_another_dataset_is_diagnosed_on_shapes_and_says_so():
     cfg = load_config(None, [*TINY_SHAPES, "dataset=synthetic"])
     torch.manual_seed(0)
-    res = diagnose(build_encoder(cfg.arch, cfg.width), cfg, videos=8, levels=1, probe_epochs=20)
+    res = diagnose(build_encoder(cfg.model.arch, cfg.model.width), cfg, videos=8, levels=1, probe_epochs=20)
     assert res["benchmark"] == "shapes" and res["config_dataset"] == "synthetic"
     assert "synthetic" in res["note"] and res["videos"] == 8
     _in_range(res)

@@ -57,7 +57,7 @@ def test_write_provenance_keeps_earlier_records(tmp_path):
 def test_training_run_folder_has_provenance(tmp_path):
     from ctrlaug.engine.trainer import train
 
-    cfg = load_config(None, [*TINY, "epochs=1", "max_steps_per_epoch=1", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config(None, [*TINY, "epochs=1", "optim.max_steps_per_epoch=1", f"out_dir={tmp_path / 'run'}"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         train(cfg)
@@ -71,11 +71,15 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path, capsys):
     from ctrlaug.train import main
 
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("width: 0.25\nlr: 0.01\n")
+    cfg_file.write_text("model: {width: 0.25}\noptim: {lr: 0.01}\n")
     out_dir = tmp_path / "never"
-    assert main(["--print-config", "--config", str(cfg_file), "lr=0.002", f"out_dir={out_dir}"]) == 0
+    assert main(["--print-config", "--config", str(cfg_file), "optim.lr=0.002", f"out_dir={out_dir}"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["width"] == 0.25 and printed["lr"] == 0.002 and printed["out_dir"] == str(out_dir)
+    assert (
+        printed["model"]["width"] == 0.25
+        and printed["optim"]["lr"] == 0.002
+        and printed["out_dir"] == str(out_dir)
+    )
     assert printed["augment"]["clip_frames"] == load_config(None).augment.clip_frames  # defaults filled
     assert not out_dir.exists()  # nothing trained or written
     assert main(["--print-config", "no_such_key=1"]) == 2
@@ -104,7 +108,7 @@ def test_packaging_files_and_console_scripts():
 
 def test_console_script_entry_point_runs():
     # the entry point as the generated script calls it: sys.exit(main()) with sys.argv
-    code = "import sys; from ctrlaug.train import main; sys.argv=['ctrlaug-train','--print-config','width=0.5']; sys.exit(main())"
+    code = "import sys; from ctrlaug.train import main; sys.argv=['ctrlaug-train','--print-config','model.width=0.5']; sys.exit(main())"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert yaml.safe_load(r.stdout)["width"] == 0.5
+    assert yaml.safe_load(r.stdout)["model"]["width"] == 0.5

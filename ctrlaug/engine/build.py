@@ -15,10 +15,10 @@ __all__ = ["build_objective", "lr_milestones"]
 
 
 def lr_milestones(cfg: TrainConfig) -> list[int]:
-    """cfg.lr_milestones, or the paper rule of the dataset format (ctrlaug.data.formats): /10 at 75%
+    """cfg.optim.lr_milestones, or the paper rule of the dataset format (ctrlaug.data.formats): /10 at 75%
     of the epochs (150 of 200 on UCF-101), 70% on Kinetics-400 (70 of 100)."""
-    if cfg.lr_milestones is not None:
-        return sorted(cfg.lr_milestones)
+    if cfg.optim.lr_milestones is not None:
+        return sorted(cfg.optim.lr_milestones)
     frac = get_format(cfg.dataset).lr_decay_fraction
     m = int(round(frac * cfg.epochs))
     return [m] if 0 < m < cfg.epochs else []
@@ -27,11 +27,11 @@ def lr_milestones(cfg: TrainConfig) -> list[int]:
 def build_objective(cfg: TrainConfig) -> CtrlAugObjective:
     """Encoder + heads + enabled losses, from the config (CPU, fp32, not yet wrapped)."""
     return CtrlAugObjective(
-        build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages),
+        build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages),
         cfg.augment.num_clips,
-        tuple(cfg.global_stride1_stages),
-        cfg.proj_hidden,
-        cfg.proj_dim,
+        tuple(cfg.model.global_stride1_stages),
+        cfg.model.proj_hidden,
+        cfg.model.proj_dim,
         rc=cfg.rc,
         mi=cfg.mi,
         td=cfg.td,

@@ -73,7 +73,7 @@ class RunState:
             k for k in mine if k in theirs and tuple(mine[k].shape) != tuple(getattr(theirs[k], "shape", ()))
         ]
         if diff or shape:
-            saved = state.get("config") or {}
+            saved = migrate_saved_config(state.get("config") or {}).get("model") or {}
             was = ", ".join(f"{k}={saved.get(k)!r}" for k in ("arch", "width", "proj_dim") if k in saved)
             k = diff[0] if diff else shape[0]
             what = (
@@ -193,8 +193,8 @@ class RunState:
         self._apply_schedule(fresh)
 
     def _apply_schedule(self, fresh: dict) -> list[str]:
-        """After a resume: this run's lr, lr_milestones (or the epochs they derive from),
-        lr_gamma, weight_decay and mi.lr replace the restored ones where they differ; the lr is
+        """After a resume: this run's optim.lr, optim.lr_milestones (or the epochs they derive from),
+        optim.lr_gamma, optim.weight_decay and mi.lr replace the restored ones where they differ; the lr is
         then the schedule's value at the current epoch. Returns what changed (nothing on a plain
         resume, which then continues bit for bit)."""
         sched, changed = self.sched, []
@@ -266,10 +266,10 @@ class RunState:
             except NonFiniteStateError as e:
                 newest = next(iter(list_checkpoints(self.cfg.out_dir)), None)
                 raise NonFiniteLossError(
-                    f"{e}; stopping, the newest good checkpoint stays {newest or '(none)'}. Lower lr / the loss "
+                    f"{e}; stopping, the newest good checkpoint stays {newest or '(none)'}. Lower optim.lr / the loss "
                     "weights or check the data"
                 ) from None
-            prune_checkpoints(self.cfg.out_dir, self.cfg.keep_checkpoints)
+            prune_checkpoints(self.cfg.out_dir, self.cfg.log.keep_checkpoints)
         dist_utils.barrier()
 
 

@@ -102,18 +102,18 @@ class Trainer(RunState):
             self._lock.release()
 
     def _build(self, cfg: TrainConfig, want: str, local_rank: int) -> None:
-        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
+        amp = cfg.model.amp if cfg.model.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
         # ---- model ------------------------------------------------------------------------------
         torch.manual_seed(cfg.seed)
         obj = build_objective(cfg)
-        if cfg.sync_bn and self.world > 1:
+        if cfg.model.sync_bn and self.world > 1:
             obj.encoder = dist_utils.convert_sync_bn(obj.encoder, self.device.type)
         obj.to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
+        if cfg.model.channels_last and self.device.type == "cuda":
             obj.encoder.to(memory_format=torch.channels_last_3d)
-        if cfg.compile:
+        if cfg.model.compile:
             obj.encoder.compile()
         self.obj = obj
         self.model = obj
@@ -124,13 +124,15 @@ class Trainer(RunState):
         mi_params = list(obj.mi.G.parameters()) if obj.mi is not None else []
         mi_ids = {id(p) for p in mi_params}
         main_params = [p for p in obj.parameters() if id(p) not in mi_ids]
-        self.optimizer = torch.optim.Adam(main_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(main_params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.mi_optimizer = torch.optim.Adam(mi_params, lr=cfg.mi.lr) if mi_params else None
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, lr_milestones(cfg), gamma=cfg.lr_gamma
+            self.optimizer, lr_milestones(cfg), gamma=cfg.optim.lr_gamma
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.queue = FeatureQueue(cfg.rc.queue_size if cfg.rc.enabled else 0, cfg.proj_dim).to(self.device)
+        self.queue = FeatureQueue(cfg.rc.queue_size if cfg.rc.enabled else 0, cfg.model.proj_dim).to(
+            self.device
+        )
         self._buffers_before: list[torch.Tensor] | None = None
 
         # ---- the checkpoint to resume from: chosen and checked before any data work -------------
@@ -139,7 +141,7 @@ class Trainer(RunState):
         # ---- data -------------------------------------------------------------------------------
         self.dataset = build_train_dataset(cfg)
         self.batches = GlobalBatches(
-            len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world, cfg.max_steps_per_epoch
+            len(self.dataset), cfg.batch_size, cfg.seed, self.rank, self.world, cfg.optim.max_steps_per_epoch
         )
         self.loader = DataLoader(
             EpochIndexed(self.dataset),
@@ -151,7 +153,7 @@ class Trainer(RunState):
         )
 
         # kNN monitor sets are built now so that a missing probe split fails before any training.
-        self.knn_sets = probe_datasets(cfg) if cfg.knn_every and self.main else None
+        self.knn_sets = probe_datasets(cfg) if cfg.eval.knn_every and self.main else None
         self.knn_history: list[tuple[int, int, float]] = []  # (epoch done, step, top-1 %)
 
         # ---- progress state ---------------------------------------------------------------------
@@ -180,11 +182,11 @@ class Trainer(RunState):
         batch = dict(batch, levels=levels, lowlevel=params)
         views = augment_batch(batch, dev, cfg=cfg.augment)  # float [B, V, 3, F, S, S] in [0, 1]
         views = normalize_input(views)
-        if cfg.channels_last and dev.type == "cuda":
+        if cfg.model.channels_last and dev.type == "cuda":
             views = views.contiguous()
         global_views = views[:, 0]
         clips = views[:, 1:].reshape(B * (V - 1), *views.shape[2:])
-        if cfg.channels_last and dev.type == "cuda":
+        if cfg.model.channels_last and dev.type == "cuda":
             global_views = global_views.contiguous(memory_format=torch.channels_last_3d)
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         return StepBatch(
@@ -232,7 +234,7 @@ class Trainer(RunState):
         if self.mi_optimizer is not None:
             self.mi_optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
+        if cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
         if not self.scaler.is_enabled():  # fp16's GradScaler skips inf/NaN gradients itself
             bad = _nonfinite(self.obj.named_parameters(), grads=True)
@@ -240,9 +242,9 @@ class Trainer(RunState):
                 return self._skip(
                     metrics, "non-finite gradient", f"{len(bad)} tensor(s): {', '.join(bad[:4])}"
                 )
-        if cfg.grad_clip > 0:
+        if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], cfg.grad_clip
+                [p for g in self.optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip
             )
         self.bad_streak = 0
         self.scaler.step(self.optimizer)
@@ -279,10 +281,10 @@ class Trainer(RunState):
         if self.main:
             print(
                 f"[ctrlaug.train] step {self.step}: {what} ({detail}); step skipped "
-                f"({self.bad_streak}/{cfg.max_bad_steps} in a row)",
+                f"({self.bad_streak}/{cfg.optim.max_bad_steps} in a row)",
                 file=sys.stderr,
             )
-        if self.bad_streak >= cfg.max_bad_steps:
+        if self.bad_streak >= cfg.optim.max_bad_steps:
             raise NonFiniteLossError(
                 f"aborting: {self.bad_streak} consecutive steps with a {what} (last step {self.step}: {detail}). "
                 "Lower lr / the loss weights, check the data, or raise max_bad_steps."
@@ -314,11 +316,11 @@ class Trainer(RunState):
         bs, nw = max(1, self.cfg.batch_size // self.world), self.cfg.num_workers
         bf, bl = extract_clip_features(self.obj.encoder, bank, batch_size=bs, num_workers=nw)
         qf, ql = extract_clip_features(self.obj.encoder, queries, batch_size=bs, num_workers=nw)
-        return knn_top1(bf.mean(1), bl, qf.mean(1), ql, k=self.cfg.knn_k, t=self.cfg.knn_t)
+        return knn_top1(bf.mean(1), bl, qf.mean(1), ql, k=self.cfg.eval.knn_k, t=self.cfg.eval.knn_t)
 
     def _knn_due(self) -> bool:
         """After epoch ``self.epoch`` (already incremented): every knn_every epochs and the last."""
-        k = self.cfg.knn_every
+        k = self.cfg.eval.knn_every
         return bool(k) and (self.epoch % k == 0 or self.epoch == self.cfg.epochs)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -336,7 +338,7 @@ class Trainer(RunState):
         steps_per_epoch = self.batches.steps
         done = self.epoch * steps_per_epoch + self.step_in_epoch
         bar = ProgressBar(
-            cfg.epochs * steps_per_epoch, enabled=self.main and cfg.progress, every=cfg.log_every
+            cfg.epochs * steps_per_epoch, enabled=self.main and cfg.log.progress, every=cfg.log.log_every
         )
         files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
         bad = BadVideoLog()
@@ -356,7 +358,7 @@ class Trainer(RunState):
         finally:
             bar.close()
             writer.close()
-        if self.main and cfg.plot and os.path.exists(writer.path):
+        if self.main and cfg.log.plot and os.path.exists(writer.path):
             plot_note = plot_losses(writer.path, os.path.join(cfg.out_dir, "loss_curve.png"))
             if plot_note:
                 print(f"[ctrlaug.train] {plot_note}", file=sys.stderr)
@@ -377,13 +379,13 @@ class Trainer(RunState):
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
             write_provenance(cfg.out_dir, self.device, world_size=self.world)
         fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
-        fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.knn_every else [])
+        fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.eval.knn_every else [])
         fields += [] if get_format(cfg.dataset).rendered else ["bad_videos"]
         writer = MetricWriter(
             cfg.out_dir,
             fields,
             enabled=self.main,
-            tensorboard=cfg.tensorboard,
+            tensorboard=cfg.log.tensorboard,
             resume_step=self.step if self.resumed_from else None,
         )
         if self.main:
@@ -404,14 +406,14 @@ class Trainer(RunState):
         m["epoch"] = self.epoch
         m["step"] = self.step
         self.history.append(m)
-        if self.main and (self.step % cfg.log_every == 0 or self.step_in_epoch == steps_per_epoch):
+        if self.main and (self.step % cfg.log.log_every == 0 or self.step_in_epoch == steps_per_epoch):
             writer.log(self.step, self.epoch, {k: v for k, v in m.items() if k not in ("step", "epoch")})
         bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
         if self.on_step is not None:
             self.on_step(self.step, self.epoch, m)
         if (
-            cfg.ckpt_every_steps
-            and self.step % cfg.ckpt_every_steps == 0
+            cfg.log.ckpt_every_steps
+            and self.step % cfg.log.ckpt_every_steps == 0
             and self.step_in_epoch < steps_per_epoch
         ):
             self.save()
@@ -430,7 +432,7 @@ class Trainer(RunState):
                 acc = self.knn_monitor()
                 self.knn_history.append((self.epoch, self.step, acc))
                 writer.log(self.step, self.epoch - 1, {"knn_top1": acc})
-                bar.note(f"epoch {self.epoch}: kNN top-1 {acc:.1f}% (k={cfg.knn_k})")
+                bar.note(f"epoch {self.epoch}: kNN top-1 {acc:.1f}% (k={cfg.eval.knn_k})")
             if self.world > 1:
                 dist_utils.barrier()
         self.save()
@@ -460,7 +462,7 @@ class Trainer(RunState):
         on = self.obj.enabled
         st = status()
         print(
-            f"[ctrlaug.train] {cfg.arch} width {cfg.width} ({n_params / 1e6:.2f}M params) on {self.device}"
+            f"[ctrlaug.train] {cfg.model.arch} width {cfg.model.width} ({n_params / 1e6:.2f}M params) on {self.device}"
             f" x{self.world}, amp={self.amp_dtype}, losses={'+'.join(on)}, dataset={cfg.dataset} "
             f"({len(self.dataset)} videos, {self.batches.steps} steps/epoch x {cfg.epochs} epochs), "
             f"ops: cpp={st['cpp']} cuda={st['cuda_kernels']}, out_dir={cfg.out_dir}"

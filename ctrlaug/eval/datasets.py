@@ -25,7 +25,7 @@ def build_eval_datasets(
     """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, centre crop."""
     c = _eval_config(cfg, dataset, data_root, eval_clips)
     tr = _build(c, train_split or cfg.split, "eval")
-    te = _build(c, test_split or cfg.probe_split, "eval")
+    te = _build(c, test_split or cfg.eval.split, "eval")
     if len(tr) == 0 or len(te) == 0:
         raise EvalError(f"dataset {c.dataset!r} has an empty split ({len(tr)} train, {len(te)} test)")
     return tr, te

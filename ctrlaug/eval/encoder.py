@@ -77,7 +77,7 @@ def load_encoder(
         raise EvalError(f"bad config: {e}".splitlines()[0]) from None
     # a random-init encoder follows the floor's seed convention (ctrlaug.eval.floor): init `init` of seed s
     torch.manual_seed(random_init_seed(cfg.seed, init) if random_init else cfg.seed)
-    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
     if state is not None and not random_init:
         sd = {k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")}
         if not sd:
@@ -85,13 +85,13 @@ def load_encoder(
         try:
             enc.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            ck = state["config"]
+            ck = migrate_saved_config(dict(state["config"])).get("model") or {}
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             raise EvalError(
                 f"checkpoint {path} (arch={ck.get('arch')}, width={ck.get('width')}) does not match the "
-                f"model config (arch={cfg.arch}, width={cfg.width}): " + detail
+                f"model config (arch={cfg.model.arch}, width={cfg.model.width}): " + detail
             ) from None
     return enc, cfg, path
 

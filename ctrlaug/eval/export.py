@@ -63,10 +63,10 @@ def backbone_metadata(encoder, cfg, ckpt: str | None) -> dict:
     clip = (a.clip_frames, a.size, a.size)
     glob = (a.global_frames, a.size, a.size)
     return {
-        "arch": cfg.arch,
+        "arch": cfg.model.arch,
         "depth": encoder.depth,
-        "width": cfg.width,
-        "spatial_stride1_stages": list(cfg.spatial_stride1_stages),
+        "width": cfg.model.width,
+        "spatial_stride1_stages": list(cfg.model.spatial_stride1_stages),
         "out_channels": encoder.out_channels,
         "input": {
             "layout": "N, 3, T, H, W (RGB)",
@@ -83,8 +83,8 @@ def backbone_metadata(encoder, cfg, ckpt: str | None) -> dict:
         "global_view": {
             "frames": a.global_frames,
             "size": a.size,
-            "stride1_stages": list(cfg.global_stride1_stages),
-            "feature_grid": list(encoder.output_grid(glob, cfg.global_stride1_stages)),
+            "stride1_stages": list(cfg.model.global_stride1_stages),
+            "feature_grid": list(encoder.output_grid(glob, cfg.model.global_stride1_stages)),
         },
         "feature": "global average pool of the last feature map (ctrlaug.models.pool)",
         "source": {**_source(ckpt), "config": config_to_dict(cfg)},
@@ -105,7 +105,7 @@ def export(checkpoint: str, out: str, fmt: str = "ctrlaug", config: str | None =
         save_backbone(enc, tmp, meta)
     else:
         try:
-            check_torchvision_compatible(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+            check_torchvision_compatible(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
         except ValueError as e:
             raise EvalError(f"{ckpt}: {e}") from None
         import torch

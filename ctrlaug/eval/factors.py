@@ -23,10 +23,10 @@ __all__ = ["probe_datasets", "run_probe", "write_probe"]
 
 def probe_datasets(cfg: TrainConfig):
     """(train, test) eval-mode datasets of the probe and the kNN monitor: ``split`` and
-    ``probe_split``, ``probe_clips`` uniformly spaced centre-cropped clips per video."""
-    aug = dataclasses.replace(cfg.augment, eval_clips=cfg.probe_clips)
+    ``eval.split``, ``eval.clips`` uniformly spaced centre-cropped clips per video."""
+    aug = dataclasses.replace(cfg.augment, eval_clips=cfg.eval.clips)
     pcfg = dataclasses.replace(cfg, augment=aug)
-    return tuple(build_train_dataset(pcfg, split, mode="eval") for split in (cfg.split, cfg.probe_split))
+    return tuple(build_train_dataset(pcfg, split, mode="eval") for split in (cfg.split, cfg.eval.split))
 
 
 def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) -> dict:
@@ -39,12 +39,12 @@ def run_probe(cfg: TrainConfig, encoder: torch.nn.Module, device: torch.device) 
     ``top1``/``train_top1`` and the probe set sizes.
     """
     train_set, test_set = probe_datasets(cfg)
-    kw = dict(epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
+    kw = dict(epochs=cfg.eval.linear_epochs, num_workers=cfg.num_workers, seed=cfg.seed)
     trained = factor_probe(encoder, train_set, test_set, **kw)
     inits = []  # the random-init floor over FLOOR_INITS encoders (ctrlaug.eval.floor)
     for i in range(FLOOR_INITS):
         torch.manual_seed(random_init_seed(cfg.seed, i))
-        rand = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages).to(device)
+        rand = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages).to(device)
         inits.append(factor_probe(rand, train_set, test_set, **kw))
     random_init = inits[0]
     primary = train_set.primary_factor
@@ -70,7 +70,7 @@ def write_probe(cfg: TrainConfig, res: dict, seconds: float) -> str:
     """Print the per-factor probe and write ``<out_dir>/probe.json`` (and ``probe.txt``)."""
     tr = res["trained"]
     lines = [
-        f"linear probe on {cfg.dataset}/{cfg.probe_split} ({tr['num_train']} train / {tr['num_test']} test "
+        f"linear probe on {cfg.dataset}/{cfg.eval.split} ({tr['num_train']} train / {tr['num_test']} test "
         f"videos, {seconds:.0f}s), top-1 %:",
         f"  {'factor':<12} {'trained':>8} {f'random-init ({FLOOR_INITS} inits)':>24} {'chance':>7}",
     ]

@@ -152,9 +152,9 @@ def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ck
         "checkpoint": os.path.abspath(ckpt) if ckpt else None,
         "random_init": bool(opts.random_init),
         "encoder": {
-            "arch": cfg.arch,
-            "width": cfg.width,
-            "spatial_stride1_stages": list(cfg.spatial_stride1_stages),
+            "arch": cfg.model.arch,
+            "width": cfg.model.width,
+            "spatial_stride1_stages": list(cfg.model.spatial_stride1_stages),
             "sha1": _tensor_digest(enc.state_dict()),
         },
         "dataset": fmt,

@@ -25,7 +25,7 @@ class EvalOptions:
     dataset: str | None = None  # dataset format (default: the checkpoint config's)
     data_root: str | None = None
     train_split: str | None = None  # default: config split
-    test_split: str | None = None  # default: config probe_split
+    test_split: str | None = None  # default: config eval.split
     clips: int = 10  # uniformly spaced clips per video
     epochs: int = 0  # linear 100, finetune 5
     lr: float = 0.0  # linear 1e-2, finetune 1e-3

@@ -8,7 +8,7 @@ top of the demo defaults of :class:`ctrlaug.config.TrainConfig`, and the linear-
 paper reports for it on UCF-101 and HMDB-51 (R3D-18 pretrained on UCF-101 for 150 epochs):
 
 * Table 4 -- local-global sampling: number of local clips K and the temporal resolution T_v of the
-  global feature (``augment.num_clips``, ``global_stride1_stages``: [3,4] -> 8, [4] -> 4, [] -> 2).
+  global feature (``augment.num_clips``, ``model.global_stride1_stages``: [3,4] -> 8, [4] -> 4, [] -> 2).
 * Table 5 -- low-level augmentation levels: #B/C/S, #H, #G (``augment.levels_*``, ``augment.blur_levels``).
 * Table 6 -- temporal dependency head: None / VCOP / MLP / GRU / GRU+MLP (``td``, ``td.head``).
 * Table 7 -- learning objectives: L_nce, L_rc, L_mi, L_td switches (``nce``, ``rc``, ``mi``, ``td``).
@@ -80,7 +80,7 @@ _TV = {2: "[]", 4: "[4]", 8: "[3,4]"}
 
 
 def _t4(k: int, tv: int, ucf: float, hmdb: float) -> Row:
-    ov = [f"augment.num_clips={k}", f"global_stride1_stages={_TV[tv]}"]
+    ov = [f"augment.num_clips={k}", f"model.global_stride1_stages={_TV[tv]}"]
     if k == 1:
         ov.append("td=false")  # L_td orders clips: needs K >= 2; the K=1 row is the paper's baseline
     return Row(f"K={k} T_v={tv}", tuple(ov), ucf, hmdb)
@@ -205,12 +205,19 @@ def run_dir(out: str, table: str, row: Row, seed: int) -> str:
 
 def run_overrides(row: Row, seed: int, out_dir: str, extra: Sequence[str] = ()) -> list[str]:
     """Overrides of one run: kNN monitor off (the table reports the final linear probe only; a
-    user's ``knn_every=N`` turns it back on), the user's ``extra`` (budget, size), then the row's,
+    user's ``eval.knn_every=N`` turns it back on), the user's ``extra`` (budget, size), then the row's,
     then seed/out_dir.
 
     The row's overrides come after the user's so that a row always means what the paper's row means.
     """
-    return ["knn_every=0", *extra, *row.overrides, f"seed={seed}", f"out_dir={out_dir}", "probe=true"]
+    return [
+        "eval.knn_every=0",
+        *extra,
+        *row.overrides,
+        f"seed={seed}",
+        f"out_dir={out_dir}",
+        "eval.linear=true",
+    ]
 
 
 def select_rows(table: str, rows: Sequence[str] | None = None) -> list[Row]:
@@ -323,7 +330,9 @@ def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VI
 
     cfg = load_config(None, overrides)
     torch.manual_seed(random_init_seed(cfg.seed))
-    return _diagnose_dir(folder, cfg, build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages), videos)
+    return _diagnose_dir(
+        folder, cfg, build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages), videos
+    )
 
 
 #: ``train_fn(overrides) -> {"top1", "random_top1", "train_top1", "steps", "primary", "factors"}``

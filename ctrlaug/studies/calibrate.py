@@ -62,8 +62,8 @@ class _FactorLabelled(torch.utils.data.Dataset):
 def pretrain_steps(cfg: TrainConfig, num_videos: int) -> int:
     """Optimizer steps of the pretraining run of ``cfg`` on ``num_videos`` videos."""
     per_epoch = math.ceil(num_videos / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
+    if cfg.optim.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.optim.max_steps_per_epoch)
     return per_epoch * cfg.epochs
 
 
@@ -75,7 +75,7 @@ def supervised_ceiling(
     steps = steps or pretrain_steps(cfg, len(train_set))
     epochs = max(1, round(steps * cfg.batch_size / len(train_set)))
     torch.manual_seed(seed)
-    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
     n_cls = len(train_set.factor_classes()[factor])
     mirror_ok = factor not in MIRROR_SENSITIVE and not (
         factor == train_set.primary_factor and train_set.mirror_changes_labels
@@ -87,9 +87,9 @@ def supervised_ceiling(
         _FactorLabelled(test_set, factor),
         n_cls,
         epochs=epochs,
-        lr=cfg.lr,
+        lr=cfg.optim.lr,
         batch_size=cfg.batch_size,
-        weight_decay=cfg.weight_decay,
+        weight_decay=cfg.optim.weight_decay,
         seed=seed,
         flip=mirror_ok,
         num_workers=cfg.num_workers,
@@ -110,11 +110,11 @@ def random_init_floor(cfg: TrainConfig, *, seed: int = 0) -> dict[str, dict[str,
     """Linear probe of every factor on a random-init encoder (the demo's probe protocol)."""
     train_set, test_set = probe_datasets(cfg)
     torch.manual_seed(random_init_seed(seed))  # the first init of the run of `seed` (ctrlaug.eval.floor)
-    enc = build_encoder(cfg.arch, cfg.width, cfg.spatial_stride1_stages)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return factor_probe(
-            enc, train_set, test_set, epochs=cfg.probe_epochs, num_workers=cfg.num_workers, seed=seed
+            enc, train_set, test_set, epochs=cfg.eval.linear_epochs, num_workers=cfg.num_workers, seed=seed
         )
 
 

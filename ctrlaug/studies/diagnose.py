@@ -4,7 +4,7 @@
 loads the encoder of a pretraining checkpoint (or a run folder's newest one; ``--random-init``
 keeps the freshly initialised encoder of the same config), renders held-out videos of the
 factorised shapes benchmark (:mod:`ctrlaug.data.shapes`, the config's ``shapes`` settings and
-``probe_split``) and writes ``<out>/diagnose.json`` and ``diagnose.md`` (``diagnose_random.*``
+``eval.split``) and writes ``<out>/diagnose.json`` and ``diagnose.md`` (``diagnose_random.*``
 for ``--random-init``; default out: the run folder). A config whose dataset is not ``shapes`` is
 diagnosed on the shapes benchmark at its own clip geometry, and the output says so. A bad path
 prints one ``error:`` line and exits with code 2. docs/diagnostics.md explains how to read it.
@@ -434,8 +434,8 @@ def diagnose(
         encoder: R3D returning the last feature map; evaluated in eval mode (restored after),
             moved to ``device`` when given (default: where it is).
         cfg: a :class:`~ctrlaug.config.TrainConfig` (``augment``, ``shapes``, ``split``,
-            ``probe_split``, ``dataset`` are read).
-        videos: held-out videos of ``probe_split`` (and train videos of ``split`` for the
+            ``eval.split``, ``dataset`` are read).
+        videos: held-out videos of ``eval.split`` (and train videos of ``split`` for the
             factor probes), cut to the split sizes.
         levels: tau_l levels per held-out clip for the level probe.
         seed: level draws, the video halves and the probes.
@@ -453,7 +453,7 @@ def diagnose(
     encoder.to(dev)
     aug = cfg.augment
     shapes, note = _shapes_of(cfg)
-    test_split, train_split = cfg.probe_split, cfg.split
+    test_split, train_split = cfg.eval.split, cfg.split
     n_te, n_tr = _pick(shapes, test_split, videos), _pick(shapes, train_split, videos)
     g = torch.Generator().manual_seed(seed)
     lev = torch.randint(aug.num_levels, (n_te, levels), generator=g)
@@ -763,7 +763,7 @@ def order_features(
     dev = torch.device(device)
     if clip_space == "global":  # crop on the device from the frames, with the boxes edited below
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, crop_in_worker=False))
-    ds = build_train_dataset(cfg, split or cfg.probe_split)
+    ds = build_train_dataset(cfg, split or cfg.eval.split)
     ds.set_epoch(0)
     n = min(int(videos), len(ds))
     g = torch.Generator().manual_seed(seed)
