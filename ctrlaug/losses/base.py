@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ctrlaug.models.heads import pool
-from ctrlaug.utils import dist as cdist
+from ctrlaug.utils import dist as dist_utils
 from ctrlaug.utils.cfgtools import config, opt
 
 __all__ = ["ESTIMATORS", "OUR_CHOICE", "loss_config", "StepContext"]
@@ -79,7 +79,7 @@ class StepContext:
         clips [Bg, K, C] and global views [Bg, C]."""
         if self._pooled is None:
             C = self.fc.shape[1]
-            pc = cdist.gather_with_grad(pool(self.fc)).view(-1, self.K, C)
-            pg = cdist.gather_with_grad(pool(self.fg))
+            pc = dist_utils.gather_with_grad(pool(self.fc)).view(-1, self.K, C)
+            pg = dist_utils.gather_with_grad(pool(self.fg))
             self._pooled = (pc, pg)
         return self._pooled

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ctrlaug.losses.base import ESTIMATORS, OUR_CHOICE, StepContext, loss_config
 from ctrlaug.models.heads import StatisticsNetwork
-from ctrlaug.utils import dist as cdist
+from ctrlaug.utils import dist as dist_utils
 from ctrlaug.utils.cfgtools import opt
 
 __all__ = [
@@ -199,8 +199,8 @@ class LowLevelMILoss(nn.Module):
         pc, pg = ctx.pooled()
         Bg, K, dev = pg.shape[0], ctx.K, ctx.fc.device
         views = torch.cat([pg[:, None], pc], 1).reshape(Bg * (1 + K), -1)
-        lv = cdist.all_gather_nograd(ctx.levels.to(dev).long()).reshape(-1)
-        vid = cdist.all_gather_nograd(ctx.video_ids.to(dev).long()).repeat_interleave(1 + K)
+        lv = dist_utils.all_gather_nograd(ctx.levels.to(dev).long()).reshape(-1)
+        vid = dist_utils.all_gather_nograd(ctx.video_ids.to(dev).long()).repeat_interleave(1 + K)
         r = self(views, lv, vid, pc, pg, ctx.generator)
         return {"loss": r.pop("loss"), "stats": r}
 

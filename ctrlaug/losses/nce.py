@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ctrlaug.losses.base import OUR_CHOICE, StepContext, loss_config
 from ctrlaug.models.heads import pool
-from ctrlaug.utils import dist as cdist
+from ctrlaug.utils import dist as dist_utils
 from ctrlaug.utils.cfgtools import opt
 
 __all__ = ["NCEConfig", "ClipInfoNCELoss"]
@@ -49,14 +49,14 @@ class ClipInfoNCELoss(nn.Module):
     def forward(self, clip_emb: torch.Tensor, global_emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """clip_emb [P, D], global_emb [B, D] (L2-normalised, this rank), owner [P] local video."""
         q = clip_emb.float()
-        off_v = cdist.rank() * global_emb.shape[0]
+        off_v = dist_utils.rank() * global_emb.shape[0]
         if self.mode == "clip_global":
-            k = cdist.gather_with_grad(global_emb.float())
+            k = dist_utils.gather_with_grad(global_emb.float())
             return F.cross_entropy(q @ k.t() / self.tau, owner + off_v)
-        k = cdist.gather_with_grad(q)
-        vid_k = cdist.all_gather_nograd(owner + off_v)
+        k = dist_utils.gather_with_grad(q)
+        vid_k = dist_utils.all_gather_nograd(owner + off_v)
         logits = q @ k.t() / self.tau
-        self_idx = torch.arange(q.shape[0], device=q.device) + cdist.rank() * q.shape[0]
+        self_idx = torch.arange(q.shape[0], device=q.device) + dist_utils.rank() * q.shape[0]
         not_self = torch.ones_like(logits, dtype=torch.bool)
         not_self[torch.arange(q.shape[0]), self_idx] = False
         logits = logits.masked_fill(~not_self, float("-inf"))

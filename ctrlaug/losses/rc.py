@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ctrlaug.losses.base import OUR_CHOICE, StepContext, loss_config
 from ctrlaug.ops import correspondence, region_contrast
-from ctrlaug.utils import dist as cdist
+from ctrlaug.utils import dist as dist_utils
 from ctrlaug.utils.cfgtools import opt
 
 __all__ = ["RCConfig", "cells", "FeatureQueue", "RegionContrastLoss"]
@@ -115,8 +115,8 @@ class RegionContrastLoss(nn.Module):
         dev = clip_cells.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32
         q = cells(clip_cells).to(dt)
-        k = cdist.gather_with_grad(cells(global_cells).to(dt))
-        offset = cdist.rank() * global_cells.shape[0]
+        k = dist_utils.gather_with_grad(cells(global_cells).to(dt))
+        offset = dist_utils.rank() * global_cells.shape[0]
         S = correspondence(clip_boxes.float(), global_boxes.float()[owner], cg, vg, backend=self.backend)
         loss = region_contrast(
             q, k, S, (owner + offset).to(torch.int64), tau=self.tau, queue=queue, backend=self.backend
