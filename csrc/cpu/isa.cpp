@@ -88,6 +88,10 @@ Isa isa_chosen() {
     TORCH_CHECK(false, kEnv, "=", env,
                 " is not a CPU path; choose one of auto, avx512, avx2, blas, portable, emu512");
   }
+  // blas first where torch links MKL: each tile's two GEMMs go to MKL's sgemm on one thread, which
+  // uses the CPU's own vector width; a BLAS that cannot be pinned to one thread inside the
+  // driver's OpenMP region is not chosen automatically. Then the register micro-kernels.
+  if (blas_is_mkl()) return Isa::blas;
   for (Isa isa : {Isa::avx512, Isa::avx2}) {
     if (isa_supported(isa)) return isa;
   }

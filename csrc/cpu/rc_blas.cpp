@@ -66,6 +66,8 @@ void gemm_nn_acc(const float* P, int64_t ldp, int64_t rows, int64_t K, const flo
 
 bool blas_available() { return sgemm_ != nullptr; }
 
+bool blas_is_mkl() { return sgemm_ != nullptr && MKL_Set_Num_Threads_Local != nullptr; }
+
 const RcKernels<float>* blas_kernels() {
   if (!blas_available()) return nullptr;
   static const RcKernels<float> t = [] {

@@ -7,8 +7,8 @@
 //   fwd_softmax one online-softmax step over a logits tile
 //   bwd_prob    p = exp(l - lse) * coef / tau over a logits tile
 //
-// Paths (CTRLAUG_CPU_ISA forces one; otherwise the first the CPU and the build support, in the
-// order avx512, avx2, portable):
+// Paths (CTRLAUG_CPU_ISA forces one; otherwise blas when torch links MKL, else the first the CPU and
+// the build support in the order avx512, avx2, portable):
 //   avx512    AVX-512F register micro-kernels (csrc/cpu/rc_avx512.cpp), 16-lane vectors
 //   avx2      AVX2 + FMA register micro-kernels (csrc/cpu/rc_avx2.cpp), 8-lane vectors
 //   blas      both GEMMs of every tile handed to the platform BLAS sgemm that torch links (MKL on
@@ -175,7 +175,7 @@ struct Portable {
 // ------------------------------------------------------------------------------------------------
 enum class Isa { avx512, avx2, blas, portable, emu512 };
 
-// Every path (the automatic choice only ever takes avx512, avx2 or portable: isa_chosen).
+// Every path (the automatic choice never takes emu512: isa_chosen).
 inline const std::vector<Isa>& all_isas() {
   static const std::vector<Isa> v{Isa::avx512, Isa::avx2, Isa::blas, Isa::portable, Isa::emu512};
   return v;
@@ -184,7 +184,9 @@ const char* isa_name(Isa isa);
 // Whether this build and this CPU can run the path (and why not, when `why` is given).
 bool isa_supported(Isa isa, std::string* why = nullptr);
 // The path float accumulation runs now: CTRLAUG_CPU_ISA when set (an unknown or unsupported
-// value is an error naming the choices), else the first supported of avx512, avx2, portable.
+// value is an error naming the choices), else blas when torch links MKL (one sgemm per tile on one
+// thread, MKL's kernels for the CPU's own vector width), else the first supported of avx512, avx2,
+// portable.
 Isa isa_chosen();
 const RcKernels<float>& kernels_for(Isa isa);
 
@@ -195,5 +197,7 @@ const RcKernels<float>* avx512_kernels();
 const RcKernels<float>* emu512_kernels();
 const RcKernels<float>* blas_kernels();
 bool blas_available();
+// Whether the sgemm is MKL's (it exports MKL_Set_Num_Threads_Local, which pins a call to one thread).
+bool blas_is_mkl();
 
 }  // namespace ctrlaug::cpu::rc

@@ -130,7 +130,8 @@ at::Tensor region_contrast_bwd_cpu(const at::Tensor& queries, const at::Tensor& 
 }  // namespace
 
 // JSON: {"chosen": the path float32 runs now (or "error: ..." for a bad CTRLAUG_CPU_ISA),
-//        "paths": {name: "ok" or why it cannot run here}, "float64": "portable"}.
+//        "paths": {name: "ok" or why it cannot run here}, "blas_library": "mkl", "other" or "none"
+//        (the sgemm the blas path calls; auto takes blas only for "mkl"), "float64": "portable"}.
 std::string cpu_isa_info() {
   std::string chosen;
   try {
@@ -153,7 +154,9 @@ std::string cpu_isa_info() {
     if (!paths.empty()) paths += ", ";
     paths += quote(rc::isa_name(isa)) + ": " + quote(ok ? "ok" : why);
   }
-  return "{\"chosen\": " + quote(chosen) + ", \"paths\": {" + paths + "}, \"float64\": \"portable\"}";
+  const char* blas = rc::blas_is_mkl() ? "mkl" : rc::blas_available() ? "other" : "none";
+  return "{\"chosen\": " + quote(chosen) + ", \"paths\": {" + paths + "}, \"blas_library\": " + quote(blas) +
+         ", \"float64\": \"portable\"}";
 }
 
 }  // namespace ctrlaug::cpu

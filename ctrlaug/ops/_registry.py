@@ -352,7 +352,8 @@ CPU_ISA_ENV = "CTRLAUG_CPU_ISA"
 def cpu_isa() -> dict[str, object] | None:
     """The cpp backend's instruction-set paths here (csrc/cpu/rc_kernels.h), None without the
     extension: ``{"chosen": path float32 runs now, or "error: ..." for a bad CTRLAUG_CPU_ISA,
-    "paths": {name: "ok" or why it cannot run here}, "float64": "portable"}``."""
+    "paths": {name: "ok" or why it cannot run here}, "blas_library": "mkl", "other" or "none"
+    (auto takes the blas path only for "mkl"), "float64": "portable"}``."""
     if not (_load_extension() and hasattr(torch.ops.ctrlaug, "cpu_isa_info")):
         return None
     import json
