@@ -1,14 +1,8 @@
 """Export the encoder of a pretraining run for use elsewhere:
 ``python -m ctrlaug.export RUN_OR_CKPT OUT [--format ctrlaug|torchvision]``.
 
-* ``ctrlaug`` (default): the backbone-only file of :mod:`ctrlaug.models.backbone` (state dict +
-  metadata: arch, width, spatial_stride1_stages, input normalisation, clip geometry, feature
-  grid, source run, step and commit), readable with ``torch.load(OUT, weights_only=True)``;
-  ``ctrlaug.models.load_backbone(OUT)`` rebuilds the encoder.
-* ``torchvision``: a plain state dict under the keys of torchvision's ``VideoResNet`` with the
-  Hara stem (``ctrlaug.models.build_torchvision_r3d18`` builds that module and loads it; stock
-  ``r3d_18`` differs in the stem), for R3D-18 at width 1 with Hara's strides only; the metadata
-  goes beside it as ``OUT.json``.
+Formats: ``ctrlaug`` (default; backbone + metadata, ``ctrlaug.models.load_backbone`` reads it) and
+``torchvision`` (VideoResNet keys, R3D-18 at width 1).
 
 RUN_OR_CKPT is a ``ckpt_*.pt`` or a run folder (its newest checkpoint). Bad input prints one
 ``error:`` line and exits with code 2. See docs/evaluation.md, "Using the encoder elsewhere".
