@@ -68,16 +68,17 @@ def main(
     diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
 ) -> int:
     """The CLI; the hooks are those of :func:`run_table` (tests pass fast fakes)."""
+    return run_cli(_parse, lambda parsed: _run(*parsed, train_fn, diagnose_fn, diagnose_random_fn), argv)
+
+
+def _parse(argv: list[str]):
+    """``(args, rest)``: the known arguments and the ``key=value`` overrides mixed among them."""
     parser = _parser()
-    args, rest = parser.parse_known_intermixed_args(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_intermixed_args(argv)
     bad = [a for a in rest if "=" not in a]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    return run_cli(
-        lambda _: args,
-        lambda a: _run(a, rest, train_fn, diagnose_fn, diagnose_random_fn),
-        [],
-    )
+    return args, rest
 
 
 def _run(args, rest, train_fn, diagnose_fn, diagnose_random_fn) -> int:

@@ -18,13 +18,7 @@ from typing import Any
 
 from ctrlaug.errors import CtrlAugError
 
-__all__ = ["CtrlAugError", "run_cli", "fail", "parse_seeds"]
-
-
-def fail(message: str) -> int:
-    """Print ``error: <message>`` on stderr; return the user-error exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+__all__ = ["CtrlAugError", "run_cli", "parse_seeds"]
 
 
 def run_cli(
@@ -44,7 +38,8 @@ def run_cli(
         args = parse.parse_args(argv) if isinstance(parse, argparse.ArgumentParser) else parse(argv)
         status = run(args)
     except CtrlAugError as e:
-        return fail(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

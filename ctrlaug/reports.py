@@ -1,4 +1,4 @@
-"""The one writer of result files: JSON, markdown / text and CSV, each written atomically.
+"""The one writer of result files: JSON and markdown / text, each written atomically.
 
 Every report of the package (probe.json, evaluation and diagnosis reports, calibration, ablation
 tables, export metadata) goes through these functions, so a reader or a killed run sees the old
@@ -7,15 +7,12 @@ file or the new one, never a torn one (:mod:`ctrlaug.utils.atomic`: temp file, f
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from collections.abc import Iterable, Sequence
 
 from ctrlaug.utils.atomic import atomic_write
 
-__all__ = ["write_json", "write_text", "write_csv", "write_report"]
+__all__ = ["write_json", "write_text", "write_report"]
 
 
 def _parent(path: str) -> None:
@@ -36,15 +33,6 @@ def write_text(path: str, text: str) -> str:
     _parent(path)
     atomic_write(path, text)
     return path
-
-
-def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """A CSV with ``header`` and ``rows`` to ``path`` atomically (folders made); returns ``path``."""
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(rows)
-    return write_text(path, buf.getvalue())
 
 
 def write_report(stem: str, result: dict, markdown: str, indent: int = 2) -> tuple[str, str]:

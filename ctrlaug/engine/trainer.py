@@ -334,13 +334,13 @@ class Trainer(RunState):
     def _fit(self) -> dict:
         cfg = self.cfg
         self.maybe_resume()
-        writer = self._open_logs()
+        files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
+        writer = self._open_logs(files)
         steps_per_epoch = self.batches.steps
         done = self.epoch * steps_per_epoch + self.step_in_epoch
         bar = ProgressBar(
             cfg.epochs * steps_per_epoch, enabled=self.main and cfg.log.progress, every=cfg.log.log_every
         )
-        files = not get_format(cfg.dataset).rendered  # a rendered set has no bad videos to report
         bad = BadVideoLog()
         try:
             while self.epoch < cfg.epochs:
@@ -370,9 +370,10 @@ class Trainer(RunState):
             "knn": self.knn_history,
         }
 
-    def _open_logs(self) -> MetricWriter:
+    def _open_logs(self, files: bool) -> MetricWriter:
         """The run folder's config.yaml and provenance.json (rank 0), and the metric writer
-        (metrics.csv, TensorBoard) with one column per loss term and statistic."""
+        (metrics.csv, TensorBoard) with one column per loss term and statistic, and a bad_videos
+        column when the dataset is read from ``files`` (a rendered one has none)."""
         cfg = self.cfg
         if self.main:
             os.makedirs(cfg.out_dir, exist_ok=True)
@@ -380,7 +381,7 @@ class Trainer(RunState):
             write_provenance(cfg.out_dir, self.device, world_size=self.world)
         fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
         fields += ["lr", "clips_per_s", "skipped"] + (["knn_top1"] if cfg.eval.knn_every else [])
-        fields += [] if get_format(cfg.dataset).rendered else ["bad_videos"]
+        fields += ["bad_videos"] if files else []
         writer = MetricWriter(
             cfg.out_dir,
             fields,
