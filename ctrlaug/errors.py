@@ -16,6 +16,8 @@ __all__ = [
     "ConfigError",
     "EvalError",
     "NonFiniteLossError",
+    "OutputError",
+    "PlantedLinkError",
     "RunFolderError",
     "UsageError",
 ]
@@ -56,3 +58,21 @@ class RunFolderError(ConfigError):
 class UsageError(CtrlAugError, ValueError):
     """A bad request on a command line that no config check catches: an unknown ablation row, a
     seed list, a calibration file that does not fit the request."""
+
+
+class OutputError(CtrlAugError, OSError):
+    """An output cannot be written: a read-only or missing folder, a path that is a directory, a
+    full disk. The message names the path and the errno; ``errno`` and ``path`` keep them."""
+
+    def __init__(self, message: str, errno: int | None = None, path: str | None = None):
+        super().__init__(message)
+        self.errno, self.path = errno, path
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class PlantedLinkError(RunFolderError):
+    """A symbolic link where the package would write a file of a run or output folder (a lock, a
+    log, a checkpoint): refused, so a folder received from elsewhere cannot make a run write
+    through the link to another file."""

@@ -26,6 +26,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _create_fresh(tmp: str) -> int:
+    """A new, empty regular file at ``tmp`` (O_EXCL | O_NOFOLLOW): whatever was there (a stale temp
+    file of a killed run, or a link planted to make us write elsewhere) is unlinked first, and the
+    exclusive create never follows a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(tmp, flags, 0o644)
+    except FileExistsError:
+        os.unlink(tmp)  # removes a link itself, never its target
+        return os.open(tmp, flags, 0o644)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", **kwargs):
     """``open(path, mode)`` that publishes the file only when the block ends without an error:
@@ -35,13 +47,13 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, mode, **kwargs) as f:
+        with os.fdopen(_create_fresh(tmp), mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
     fsync_dir(os.path.dirname(path))
 
