@@ -38,8 +38,9 @@ def run_cli(
         args = parse.parse_args(argv) if isinstance(parse, argparse.ArgumentParser) else parse(argv)
         status = run(args)
     except CtrlAugError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # StoppedBySignal: 128 + signal, not an error
+        print(f"{'error' if code == 2 else 'stopped'}: {e}", file=sys.stderr)
+        return code
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "CtrlAugError",
     "ConfigError",
+    "StoppedBySignal",
     "EvalError",
     "NonFiniteLossError",
     "OutputError",
@@ -76,3 +77,15 @@ class PlantedLinkError(RunFolderError):
     """A symbolic link where the package would write a file of a run or output folder (a lock, a
     log, a checkpoint): refused, so a folder received from elsewhere cannot make a run write
     through the link to another file."""
+
+
+class StoppedBySignal(CtrlAugError):
+    """Training stopped on SIGTERM / SIGUSR1 (a scheduler's preemption, ``docker stop``) after
+    finishing its step and writing a checkpoint. Command lines print it as ``stopped: ...`` and
+    exit with ``exit_code`` = 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1), the
+    status a process killed by that signal has, so schedulers read it the same way."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)

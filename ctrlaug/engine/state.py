@@ -24,6 +24,7 @@ from ctrlaug.utils.checkpoint import (
     find_resumable,
     list_checkpoints,
     load_checkpoint,
+    nonfinite_tensors,
     pack_rng,
     prune_checkpoints,
     restore_rng,
@@ -110,8 +111,7 @@ class RunState:
             return None
         if how == "fresh":
             if old and self.main:
-                aside = os.path.join(cfg.out_dir, f"set_aside_{time.strftime('%Y%m%d_%H%M%S')}")
-                os.makedirs(aside, exist_ok=True)
+                aside = self._aside_dir()
                 for p in old:
                     for q in (p, p + ".sha256"):
                         if os.path.exists(q):
@@ -149,6 +149,45 @@ class RunState:
             found = (how, state)
         self._check_resumable_settings(*found)
         return found
+
+    def _aside_dir(self) -> str:
+        """The folder (made once per run) where a fresh start sets the old run's files aside."""
+        aside = getattr(self, "_aside", None)
+        if aside is None:
+            aside = os.path.join(self.cfg.out_dir, f"set_aside_{time.strftime('%Y%m%d_%H%M%S')}")
+            n = 0
+            while os.path.lexists(aside if not n else f"{aside}_{n}"):
+                n += 1
+            aside = aside if not n else f"{aside}_{n}"
+            os.makedirs(aside)
+            self._aside = aside
+        return aside
+
+    def set_aside_history(self) -> None:
+        """A run that starts at step 0 in a folder holding an earlier run's metrics.csv (and
+        TensorBoard events) moves them beside the set-aside checkpoints, with one line: never
+        rewrites them (resume=fresh, or metrics left by a run that wrote no checkpoint)."""
+        if not self.main or self.resumed_from is not None:
+            return
+        out = self.cfg.out_dir
+        metrics = os.path.join(out, "metrics.csv")
+        moved = []
+        if os.path.isfile(metrics) and not os.path.islink(metrics) and os.path.getsize(metrics) > 0:
+            with open(metrics, "rb") as f:
+                has_rows = len(f.read(1 << 16).splitlines()) > 1
+            if has_rows:
+                os.replace(metrics, os.path.join(self._aside_dir(), "metrics.csv"))
+                moved.append("metrics.csv")
+        tb = os.path.join(out, "tb")
+        if moved and os.path.isdir(tb) and not os.path.islink(tb):
+            os.replace(tb, os.path.join(self._aside_dir(), "tb"))
+            moved.append("tb/")
+        if moved:
+            print(
+                f"[ctrlaug.train] starting at step 0: the earlier run's {' and '.join(moved)} moved to "
+                f"{self._aside_dir()}",
+                file=sys.stderr,
+            )
 
     def _check_resumable_settings(self, path: str, state: dict) -> None:
         """Refuse (one line) what a resume cannot apply: fewer epochs than already done, or a new
@@ -241,8 +280,11 @@ class RunState:
                 f"batch_size {old_b} -> {self.cfg.batch_size} ({done} videos of this epoch done)"
             )
         dist_utils.barrier()  # every rank has chosen before rank 0 sets the passed-over files aside
+        passed = list(getattr(self, "_passed_over", []))
+        if self.cfg.resume not in ("auto", "fresh", "none"):  # an explicit, older checkpoint
+            passed += [(p, "newer than the chosen one") for p in list_checkpoints(self.cfg.out_dir)]
         if self.main:
-            for p, _ in getattr(self, "_passed_over", []):
+            for p, _ in passed:
                 if int(os.path.basename(p)[5:14]) > self.step:  # newer than the resumed one: set aside
                     for q in (p + ".sha256", p):
                         aside = os.path.join(
@@ -259,18 +301,76 @@ class RunState:
         if self._applied and self.main:
             print(f"[ctrlaug.train] resume applies: {'; '.join(self._applied)}", file=sys.stderr)
 
-    def save(self) -> None:
+    def save(self) -> str | None:
+        """Write the checkpoint of this step (rank 0; atomic) and prune old ones; returns its path.
+        Inside a run of non-finite steps (``bad_streak`` > 0) nothing is written: such a state is
+        not a good point to resume from."""
+        path = None
         if self.main:
-            try:
-                save_checkpoint(self.state_dict(), self.cfg.out_dir, self.step)
-            except NonFiniteStateError as e:
-                newest = next(iter(list_checkpoints(self.cfg.out_dir)), None)
-                raise NonFiniteLossError(
-                    f"{e}; stopping, the newest good checkpoint stays {newest or '(none)'}. Lower optim.lr / the loss "
-                    "weights or check the data"
-                ) from None
-            prune_checkpoints(self.cfg.out_dir, self.cfg.log.keep_checkpoints)
+            if self.bad_streak:
+                print(
+                    f"[ctrlaug.train] step {self.step}: no checkpoint inside a run of {self.bad_streak} "
+                    "non-finite step(s)",
+                    file=sys.stderr,
+                )
+            else:
+                try:
+                    path = save_checkpoint(self.state_dict(), self.cfg.out_dir, self.step)
+                except NonFiniteStateError as e:
+                    self.note_trouble()
+                    raise NonFiniteLossError(f"{e}; stopping") from None
+                prune_checkpoints(self.cfg.out_dir, self.cfg.log.keep_checkpoints)
         dist_utils.barrier()
+        return path
+
+    # ---- divergence: which checkpoint is good, and the command that recovers ------------------
+    #: A checkpoint whose largest weight exceeds this has diverged although it is finite (the
+    #: weights of a healthy R3D stay below ~10; one Adam step at lr=1e9 puts them near 1e9).
+    DIVERGED_WEIGHT = 1e6
+
+    def note_trouble(self) -> None:
+        """Remember the first step (this process) whose state gave a non-finite loss, gradient,
+        update or checkpoint: no checkpoint from that step on is offered for recovery."""
+        first = getattr(self, "trouble_step", None)
+        self.trouble_step = self.step if first is None else min(first, self.step)
+
+    def recovery_checkpoint(self) -> str | None:
+        """The newest checkpoint that is good: written before the trouble began, verified and
+        finite, saved outside a run of non-finite steps, with weights that have not diverged."""
+        limit = getattr(self, "trouble_step", None)
+        for p in list_checkpoints(self.cfg.out_dir):
+            step = int(os.path.basename(p)[5:14])
+            if limit is not None and step >= limit:
+                continue
+            try:
+                state = load_checkpoint(p)
+            except CheckpointError:
+                continue
+            if state.get("bad_streak", 0) or nonfinite_tensors(state):
+                continue
+            weights = [
+                t
+                for t in state["model"].values()
+                if hasattr(t, "is_floating_point") and t.is_floating_point()
+            ]
+            if weights and max(float(t.abs().max()) for t in weights if t.numel()) > self.DIVERGED_WEIGHT:
+                continue
+            return p
+        return None
+
+    def recovery_advice(self) -> str:
+        """One sentence: the good checkpoint (or none) and the command that recovers from it."""
+        cfg = self.cfg
+        lr = cfg.optim.lr / 10 if cfg.optim.lr <= 1e-3 else 1e-3
+        base = f"python -m ctrlaug.train --config {os.path.join(cfg.out_dir, 'config.yaml')}"
+        good = self.recovery_checkpoint()
+        since = getattr(self, "trouble_step", None)
+        where = f"before step {since}" if since is not None else "in the folder"
+        if good is None:
+            return (
+                f"no good checkpoint {where}; start over with a lower lr: {base} resume=fresh optim.lr={lr:g}"
+            )
+        return f"the newest good checkpoint is {good}; recover with a lower lr: {base} resume={good} optim.lr={lr:g}"
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:

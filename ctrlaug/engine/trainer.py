@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -45,7 +47,7 @@ from ctrlaug.data import BadVideoLog, build_train_dataset, get_format
 from ctrlaug.engine.build import build_objective, lr_milestones
 from ctrlaug.engine.sampling import EpochIndexed, GlobalBatches, collate_train, derive_seed
 from ctrlaug.engine.state import RunState
-from ctrlaug.errors import NonFiniteLossError, RunFolderError
+from ctrlaug.errors import NonFiniteLossError, RunFolderError, StoppedBySignal
 from ctrlaug.eval.factors import probe_datasets
 from ctrlaug.eval.features import extract_clip_features
 from ctrlaug.eval.metrics import knn_top1
@@ -53,12 +55,14 @@ from ctrlaug.losses import FeatureQueue, StepBatch
 from ctrlaug.models import normalize_input
 from ctrlaug.utils import dist as dist_utils
 from ctrlaug.utils.checkpoint import (
+    list_checkpoints,
     remove_stale_temp_files,
 )
 from ctrlaug.utils.device import resolve_device
 from ctrlaug.utils.metrics import MetricWriter, ProgressBar, plot_losses
 from ctrlaug.utils.provenance import write_provenance
 from ctrlaug.utils.runlock import FolderBusyError, FolderUnusableError, RunLock
+from ctrlaug.utils.safeio import refuse_link
 
 __all__ = ["Trainer", "train"]
 
@@ -91,6 +95,9 @@ class Trainer(RunState):
             weakref.finalize(self, self._lock.release)
             remove_stale_temp_files(cfg.out_dir)  # of killed runs: nobody else writes here now
         try:
+            if self.main:  # a link planted where a log should be: refused before any work
+                for name in RUN_FILES:
+                    refuse_link(os.path.join(cfg.out_dir, name), "run folder entry")
             self._build(cfg, want, local_rank)
         except BaseException:
             self.release()
@@ -149,6 +156,7 @@ class Trainer(RunState):
             collate_fn=collate_train,
             num_workers=cfg.num_workers,
             persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=_ignore_stop_signals if cfg.num_workers > 0 else None,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -253,10 +261,11 @@ class Trainer(RunState):
         self.scaler.update()
         bad = _nonfinite(self.obj.named_parameters())
         if bad:  # the update itself overflowed: it cannot be undone, so stop before anything is saved
+            self.note_trouble()
             raise NonFiniteLossError(
                 f"aborting: the update of step {self.step} made {len(bad)} parameter tensor(s) non-finite "
                 f"({', '.join(bad[:4])}) although the loss and the gradients were finite; nothing of it was "
-                "checkpointed. Lower lr (or set grad_clip) and resume."
+                "checkpointed"
             )
         if "keys" in out:
             self.queue.push(out["keys"])
@@ -267,6 +276,7 @@ class Trainer(RunState):
         """A skipped step: no optimizer step, gradients dropped, buffers made non-finite by the
         step's forward put back; :class:`NonFiniteLossError` after ``max_bad_steps`` in a row."""
         cfg = self.cfg
+        self.note_trouble()
         self.bad_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.mi_optimizer is not None:
@@ -286,8 +296,8 @@ class Trainer(RunState):
             )
         if self.bad_streak >= cfg.optim.max_bad_steps:
             raise NonFiniteLossError(
-                f"aborting: {self.bad_streak} consecutive steps with a {what} (last step {self.step}: {detail}). "
-                "Lower lr / the loss weights, check the data, or raise max_bad_steps."
+                f"aborting: {self.bad_streak} consecutive steps with a {what} (last step {self.step}: "
+                f"{detail[:300]}); if the data is fine, lower lr / the loss weights (or raise max_bad_steps)"
             )
         return metrics
 
@@ -325,11 +335,55 @@ class Trainer(RunState):
 
     # ---- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Resume (if a checkpoint was chosen), train to ``epochs``, release the run folder."""
+        """Resume (if a checkpoint was chosen), train to ``epochs``, release the run folder.
+
+        SIGTERM and SIGUSR1 (a scheduler's preemption, ``docker stop``) stop the run after the
+        current step, with a checkpoint: :class:`ctrlaug.errors.StoppedBySignal`. A run that
+        aborts on non-finite values names the newest good checkpoint and the command that
+        recovers from it."""
+        old = _install_stop_handlers(self)
         try:
             return self._fit()
+        except NonFiniteLossError as e:
+            if not self.main:
+                raise
+            raise NonFiniteLossError(f"{e}. {self.recovery_advice()}") from None
         finally:
+            _restore_handlers(old)
             self.release()
+
+    # ---- stopping on a signal ---------------------------------------------------------------------
+    def request_stop(self, signum: int) -> None:
+        """What the SIGTERM / SIGUSR1 handler does: ask the loop to stop after the current step."""
+        self._stop_signal = signum
+
+    def _stop_due(self) -> int:
+        """The signal to stop on after this step (0: none). Under DDP every rank stops at the same
+        step: the flag is reduced over the ranks (one scalar per step, only when distributed)."""
+        sig = getattr(self, "_stop_signal", 0) or 0
+        if self.world > 1:
+            flag = torch.tensor([float(sig)], device=self.device)
+            sig = int(round(float(dist_utils.all_reduce_max(flag)[0])))
+        return sig
+
+    def _stop_now(self, signum: int) -> None:
+        """Checkpoint this step (atomic) and raise :class:`StoppedBySignal` (exit 128 + signum)."""
+        name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else str(signum)
+        path = self.save()
+        if self.main:
+            where = (
+                f"checkpoint {path} written"
+                if path
+                else f"no checkpoint inside a run of non-finite steps (newest: "
+                f"{next(iter(list_checkpoints(self.cfg.out_dir)), '(none)')})"
+            )
+        else:
+            where = "checkpoint written by rank 0"
+        raise StoppedBySignal(
+            f"{name} received: stopped after step {self.step}, {where}; the same command with "
+            "resume=auto (the default) continues from it",
+            signum,
+        )
 
     def _fit(self) -> dict:
         cfg = self.cfg
@@ -377,6 +431,7 @@ class Trainer(RunState):
         cfg = self.cfg
         if self.main:
             os.makedirs(cfg.out_dir, exist_ok=True)
+            self.set_aside_history()
             save_config(cfg, os.path.join(cfg.out_dir, "config.yaml"))
             write_provenance(cfg.out_dir, self.device, world_size=self.world)
         fields = ["loss"] + [f"loss_{n}" for n in self.obj.enabled] + list(self.obj.stat_names)
@@ -412,6 +467,9 @@ class Trainer(RunState):
         bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
         if self.on_step is not None:
             self.on_step(self.step, self.epoch, m)
+        sig = self._stop_due()
+        if sig:
+            self._stop_now(sig)
         if (
             cfg.log.ckpt_every_steps
             and self.step % cfg.log.ckpt_every_steps == 0
@@ -472,6 +530,42 @@ class Trainer(RunState):
         )
         if writer.tb_note:
             print(f"[ctrlaug.train] {writer.tb_note}", file=sys.stderr)
+
+
+#: What a run writes in its folder besides checkpoints (which are written by temp + rename).
+RUN_FILES = ("metrics.csv", "config.yaml", "provenance.json", "probe.json", "loss_curve.png", "tb")
+
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+def _install_stop_handlers(trainer: Trainer) -> dict:
+    """SIGTERM / SIGUSR1 -> ``trainer.request_stop`` while it trains (main thread only: Python
+    delivers signals there); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    ref = weakref.ref(trainer)
+
+    def handler(signum, frame):
+        t = ref()
+        if t is not None:
+            t.request_stop(signum)
+
+    old = {}
+    for s in STOP_SIGNALS:
+        old[s] = signal.signal(s, handler)
+    return old
+
+
+def _restore_handlers(old: dict) -> None:
+    for s, h in old.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the main process, which stops after its step
+    (a worker that died of the signal would crash the step first)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _nonfinite(named, grads: bool = False) -> list[str]:

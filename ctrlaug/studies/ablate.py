@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from ctrlaug.errors import UsageError
 from ctrlaug.reports import write_json, write_text
+from ctrlaug.utils.atomic import atomic_open
 
 __all__ = [
     "Row",
@@ -614,7 +615,8 @@ def _plot(summary: dict, path: str) -> str | None:
         a.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     fig.suptitle(summary["title"])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:  # temp + rename: never through a planted link
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return None
 

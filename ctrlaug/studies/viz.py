@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ctrlaug.models import prepare_input
+from ctrlaug.utils.atomic import atomic_open
 
 __all__ = ["caam", "load_clip", "colorize", "caam_strip"]
 
@@ -138,13 +139,15 @@ def run_caam(
         clips.append(clip)
         maps.append(caam(enc, clip))
     img = caam_strip(clips, maps, columns)
-    img.save(out, format="PNG")
+    with atomic_open(out, "wb") as f:  # temp + rename: never through a planted link
+        img.save(f, format="PNG")
     written = [out]
     if gif:
         from PIL import Image
 
         frames_ov = np.concatenate([overlay(c, m) for c, m in zip(clips, maps)], axis=2)  # side by side
         ims = [Image.fromarray(f) for f in frames_ov]
-        ims[0].save(gif, save_all=True, append_images=ims[1:], duration=120, loop=0)
+        with atomic_open(gif, "wb") as f:
+            ims[0].save(f, format="GIF", save_all=True, append_images=ims[1:], duration=120, loop=0)
         written.append(gif)
     return written

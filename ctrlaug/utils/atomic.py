@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["atomic_write", "atomic_open", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_open", "create_fresh", "fsync_dir"]
 
 
 def fsync_dir(path: str) -> None:
@@ -26,7 +26,7 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _create_fresh(tmp: str) -> int:
+def create_fresh(tmp: str) -> int:
     """A new, empty regular file at ``tmp`` (O_EXCL | O_NOFOLLOW): whatever was there (a stale temp
     file of a killed run, or a link planted to make us write elsewhere) is unlinked first, and the
     exclusive create never follows a link."""
@@ -47,7 +47,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(_create_fresh(tmp), mode, **kwargs) as f:
+        with os.fdopen(create_fresh(tmp), mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ctrlaug.errors import CtrlAugError
-from ctrlaug.utils.atomic import atomic_write, fsync_dir
+from ctrlaug.utils.atomic import atomic_write, create_fresh, fsync_dir
 
 __all__ = [
     "CheckpointError",
@@ -76,7 +76,7 @@ class NonFiniteStateError(CheckpointError):
 
 def _save_synced(state: dict, path: str) -> None:
     """torch.save ``state`` to ``path`` and fsync it (the temp-file half of an atomic write)."""
-    with open(path, "wb") as f:
+    with os.fdopen(create_fresh(path), "wb") as f:  # O_EXCL | O_NOFOLLOW: never through a planted link
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
@@ -245,7 +245,7 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
         atomic_write(final + SUM, f"{digest}  {os.path.basename(final)}\n")
         os.replace(tmp, final)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
     fsync_dir(out_dir)  # make the rename itself durable
     return final
@@ -283,17 +283,50 @@ def find_resumable(
     None; [(path, reason)] of every newer one passed over)``. ``check(path, state)`` raises
     :class:`CheckpointError` for a checkpoint the caller cannot use (e.g. another model)."""
     failures: list[tuple[str, str]] = []
+    unverified: list[str] = []
     for p in list_checkpoints(out_dir):
-        try:
-            state = load_checkpoint(p, map_location)
-            if check is not None:
-                check(p, state)
-            return (p, state), failures
-        except CheckpointError as e:
-            failures.append((p, str(e)))
-        except OSError as e:  # e.g. a transient read error
-            failures.append((p, f"{p}: cannot read ({e})"))
+        if not os.path.exists(p + SUM):  # tried only if no checkpoint with a checksum works
+            unverified.append(p)
+            continue
+        found = _try_load(p, map_location, check, failures)
+        if found is not None:
+            newer = [q for q in unverified if _step(q) > _step(p)]
+            failures += [
+                (q, _no_sum(q) + f"; resuming the older {os.path.basename(p)}, whose checksum verifies")
+                for q in newer
+            ]
+            return found, failures
+    for p in unverified:  # nothing with a checksum worked: the newest one without, with a warning
+        found = _try_load(p, map_location, check, failures)
+        if found is not None:
+            warnings.warn(_no_sum(p) + "; resuming it unverified", RuntimeWarning, stacklevel=2)
+            print(f"[ctrlaug] warning: {_no_sum(p)}; resuming it unverified", file=sys.stderr)
+            return found, failures
     return None, failures
+
+
+def _step(path: str) -> int:
+    return int(_NAME.search(path).group(1))
+
+
+def _no_sum(path: str) -> str:
+    return (
+        f"{path} has no checksum file ({os.path.basename(path)}{SUM}), which every checkpoint of this "
+        "version has: it cannot be verified"
+    )
+
+
+def _try_load(p: str, map_location, check, failures: list) -> tuple[str, dict] | None:
+    try:
+        state = load_checkpoint(p, map_location)
+        if check is not None:
+            check(p, state)
+        return p, state
+    except CheckpointError as e:
+        failures.append((p, str(e)))
+    except OSError as e:  # e.g. a transient read error
+        failures.append((p, f"{p}: cannot read ({e})"))
+    return None
 
 
 def load_latest(out_dir: str, map_location="cpu") -> tuple[str, dict] | None:

@@ -138,6 +138,15 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise max over ranks of a tensor (no gradient); identity on one process."""
+    if not is_dist():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a tensor (no gradient); identity on one process."""
     if not is_dist():

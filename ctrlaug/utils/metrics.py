@@ -13,9 +13,11 @@ import os
 import sys
 import time
 
+from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_open
+from ctrlaug.utils.safeio import fdopen_nofollow, refuse_link
 
-__all__ = ["MetricWriter", "ProgressBar", "plot_losses", "read_csv"]
+__all__ = ["MetricWriter", "ProgressBar", "plot_losses", "read_csv", "read_rows_until_damage", "set_aside"]
 
 
 class MetricWriter:
@@ -38,9 +40,20 @@ class MetricWriter:
         if not enabled:
             return
         os.makedirs(out_dir, exist_ok=True)
-        rows = read_csv(self.path) if (resume_step is not None and os.path.exists(self.path)) else []
-        # On resume, drop rows logged after the checkpoint (they will be produced again).
-        rows = [r for r in rows if resume_step is not None and float(r.get("step", "inf")) <= resume_step]
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and os.path.exists(self.path):
+            # On resume, keep the rows up to the checkpoint (later ones will be produced again); a
+            # damaged tail (NUL bytes of a power loss, a garbage or torn line) is set aside first.
+            rows, damage = read_rows_until_damage(self.path)
+            if damage:
+                aside = set_aside(self.path, ".damaged")
+                kept = [r for r in rows if int(r["step"]) <= resume_step]
+                print(
+                    f"[ctrlaug.train] {self.path}: {damage}; kept its {len(kept)} intact rows up to step "
+                    f"{resume_step}, the original file is set aside as {aside}",
+                    file=sys.stderr,
+                )
+            rows = [r for r in rows if int(r["step"]) <= resume_step]
         # rewritten atomically: a run killed here keeps the old history, never a torn file
         with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
@@ -51,7 +64,11 @@ class MetricWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=resume_step)
+                tb_dir = os.path.join(out_dir, "tb")
+                refuse_link(tb_dir, "TensorBoard folder")  # a planted link would send the events elsewhere
+                self.tb = SummaryWriter(tb_dir, purge_step=resume_step)
+            except CtrlAugError:
+                raise
             except Exception as e:  # tensorboard not installed (ImportError) or unusable
                 self.tb_note = f"TensorBoard off ({type(e).__name__}: {e}); metrics go to {self.path} only"
 
@@ -60,7 +77,7 @@ class MetricWriter:
             return
         row = {"step": step, "epoch": epoch}
         row.update({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()})
-        with open(self.path, "a", newline="") as f:
+        with fdopen_nofollow(self.path, "a", what="metrics log", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
         if self.tb is not None:
             for k, v in values.items():
@@ -77,6 +94,55 @@ class MetricWriter:
 def read_csv(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def read_rows_until_damage(path: str) -> tuple[list[dict[str, str]], str]:
+    """The rows of a metrics.csv up to its first damaged line, and what the damage is ("" when
+    none). A row is intact when it has exactly the header's fields, its step is an integer above
+    the previous row's and its epoch an integer; NUL bytes, undecodable bytes, a garbage line or a
+    row torn mid-write end the intact part (nothing after it is trusted)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    text = raw.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if not lines or not lines[0].strip():
+        return [], "no header line" if raw.strip() else ""
+    header = next(csv.reader([lines[0]]))
+    if not header or header[:2] != ["step", "epoch"] or "\x00" in lines[0] or "\ufffd" in lines[0]:
+        return [], "its header line is damaged"
+    rows: list[dict[str, str]] = []
+    last = -1
+    body = lines[1:]
+    for n, line in enumerate(body, start=2):
+        if line == "" and n == len(lines):  # the newline that ends the last row
+            break
+        what = ""
+        if "\x00" in line:
+            what = f"NUL bytes at line {n}"
+        elif "\ufffd" in line:
+            what = f"bytes that are not UTF-8 at line {n}"
+        else:
+            cells = next(csv.reader([line]), [])
+            ok = len(cells) == len(header) and cells[0].isdigit() and cells[1].lstrip("-").isdigit()
+            if not ok or int(cells[0]) <= last:
+                what = f"a damaged or torn row at line {n}"
+            elif n == len(lines) and not text.endswith("\n"):
+                what = f"a row torn mid-write at line {n}"
+        if what:
+            return rows, what
+        rows.append(dict(zip(header, cells)))
+        last = int(cells[0])
+    return rows, ""
+
+
+def set_aside(path: str, tag: str) -> str:
+    """Rename ``path`` to a new ``<path><tag>[.N]`` beside it (never over an earlier one); returns it."""
+    n, aside = 0, path + tag
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{path}{tag}.{n}"
+    os.replace(path, aside)
+    return aside
 
 
 class ProgressBar:
@@ -149,6 +215,7 @@ def plot_losses(csv_path: str, png_path: str) -> str | None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    with atomic_open(png_path, "wb") as f:  # temp + rename: never through a planted link
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return None

@@ -21,6 +21,8 @@ import sys
 
 import torch
 
+from ctrlaug.utils.atomic import atomic_write
+
 __all__ = ["PROVENANCE_KEYS", "provenance", "git_state", "write_provenance"]
 
 PROVENANCE_KEYS = (
@@ -115,9 +117,5 @@ def write_provenance(out_dir: str, device: torch.device | str | None = None, **e
     rec = {**provenance(device), **extra}
     if previous:
         rec["previous"] = previous
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(rec, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(rec, indent=2) + "\n")  # temp + rename: never through a planted link
     return path

@@ -21,6 +21,9 @@ try:
 except ImportError:  # not POSIX: no lock (documented)
     fcntl = None
 
+from ctrlaug.errors import CtrlAugError, PlantedLinkError
+from ctrlaug.utils.safeio import open_nofollow
+
 __all__ = ["RunLock", "FolderBusyError", "FolderUnusableError"]
 
 LOCK_NAME = ".lock"
@@ -68,11 +71,13 @@ class RunLock:
                 _held[self.key][1] += 1
                 self.held = True
                 return self
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
+            try:  # never through a link planted where the lock should be (it would be truncated)
+                fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, what="lock file")
+            except PlantedLinkError as e:
+                raise FolderUnusableError(f"out_dir={self.out_dir!r}: {e}") from None
+            except CtrlAugError as e:
                 raise FolderUnusableError(
-                    f"out_dir={self.out_dir!r}: cannot create its lock file {self.path} ({e.strerror or e})"
+                    f"out_dir={self.out_dir!r}: cannot create its lock file ({e})"
                 ) from None
             if fcntl is not None:
                 try:
