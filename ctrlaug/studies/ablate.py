@@ -17,8 +17,12 @@ For each row and seed the training runs in-process into ``<out>/<table>/<row-slu
 then the linear probe of :func:`ctrlaug.eval.factors.run_probe`; the trained-encoder and random-init
 top-1 go to ``result.json`` there as soon as the run ends, and runs whose ``result.json`` exists
 are skipped (an interrupted ablation resumes; an interrupted *run* resumes from its checkpoint).
-The summary goes to ``<out>/<table>.md``, ``<out>/<table>.json`` and, when matplotlib is
-importable, ``<out>/<table>.png``. The shapes benchmark is CPU-sized: compare the *ordering* of
+After training, :func:`add_diagnostics` adds whatever diagnostics are missing: each run's mechanism
+diagnostics and L_td order study, and per seed the run's own starting weights
+(``<out>/<table>/own_start/seed<k>/``) and the random-init floor over every init
+(``<out>/<table>/random_init/seed<k>/``). The summary goes to ``<out>/<table>.md``,
+``<out>/<table>.json`` (per row and seed every number, the run - own start differences and the
+runs still missing) and, when matplotlib is importable, ``<out>/<table>.png``. The shapes benchmark is CPU-sized: compare the *ordering* of
 the rows with the paper's (Spearman rank correlation), not the absolute numbers.
 """
 
