@@ -19,11 +19,15 @@ from ctrlaug.studies.ablate import (
     TABLES,
     DiagnoseFn,
     DiagnoseRandomFn,
+    DiagnoseStartFn,
+    OrderFn,
     TrainFn,
     _read_calibration,
     config_file_overrides,
+    diagnose_own_start,
     diagnose_random,
     diagnose_run,
+    order_run,
     plan_runs,
     run_table,
     train_and_probe,
@@ -66,9 +70,18 @@ def main(
     train_fn: TrainFn = train_and_probe,
     diagnose_fn: DiagnoseFn = diagnose_run,
     diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
+    diagnose_start_fn: DiagnoseStartFn = diagnose_own_start,
+    order_fn: OrderFn = order_run,
 ) -> int:
     """The CLI; the hooks are those of :func:`run_table` (tests pass fast fakes)."""
-    return run_cli(_parse, lambda parsed: _run(*parsed, train_fn, diagnose_fn, diagnose_random_fn), argv)
+    hooks = dict(
+        train_fn=train_fn,
+        diagnose_fn=diagnose_fn,
+        diagnose_random_fn=diagnose_random_fn,
+        diagnose_start_fn=diagnose_start_fn,
+        order_fn=order_fn,
+    )
+    return run_cli(_parse, lambda parsed: _run(*parsed, hooks), argv)
 
 
 def _parse(argv: list[str]):
@@ -81,7 +94,7 @@ def _parse(argv: list[str]):
     return args, rest
 
 
-def _run(args, rest, train_fn, diagnose_fn, diagnose_random_fn) -> int:
+def _run(args, rest, hooks: dict) -> int:
     seeds = parse_seeds(args.seeds)
     extra = [o[2:] if o.startswith("--") else o for o in [*args.overrides, *rest]]
     if args.epochs is not None:
@@ -108,9 +121,7 @@ def _run(args, rest, train_fn, diagnose_fn, diagnose_random_fn) -> int:
         rows=rows,
         diagnose=not args.no_diagnose,
         calibration=calibration,
-        train_fn=train_fn,
-        diagnose_fn=diagnose_fn,
-        diagnose_random_fn=diagnose_random_fn,
+        **hooks,
     )
     return 0
 

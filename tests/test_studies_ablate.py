@@ -3,9 +3,11 @@
 import functools
 import json
 import os
+import statistics
 import warnings
 
 import pytest
+import torch
 from tiny import TINY as BASE_TINY
 
 from ctrlaug.ablate import main as ablate_main
@@ -13,26 +15,56 @@ from ctrlaug.config import load_config
 from ctrlaug.studies import ablate
 
 
-def _fake_diag(seed: int, base: float) -> dict:
+def _fake_diag(seed: int, base: float, rank: float = 0.6) -> dict:
     return {
         "lowlevel": base - 10 + seed,
         "level": base + seed,
         "arrow": 50.0 + seed,
         "focus": 1.0 + seed / 10,
+        "focus_control": 1.0,
+        "focus_rank": rank + seed / 100,
     }
 
 
+def _fake_order(seed: int, head: float | None = 50.0) -> dict:
+    return {
+        "own_head": head,
+        "own_head_bound": None if head is None else 0.0,
+        "probe_clips_and_global": 55.0 + seed,
+        "probe_clips_only": 52.0 + seed,
+        "probe_clips_in_global_crop": 60.0 + seed,
+    }
+
+
+def _seed_of(d: str) -> int:
+    return int(d.rstrip(os.sep)[-1])
+
+
 class FakeDiagnostics(dict):
-    """Fake diagnostics hooks for the runner (``**hooks``); ``calls`` lists the diagnosed runs."""
+    """Fake diagnostics hooks for the runner (``**hooks``); ``calls`` lists the diagnosed runs,
+    ``orders`` the runs given an order study, ``starts`` the own-start folders, ``randoms`` the
+    (folder, init) of the random-init floor."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.orders, self.starts, self.randoms = [], [], [], []
 
         def run(d):
             self.calls.append(d)
-            return _fake_diag(int(d.rstrip(os.sep)[-1]), 40.0)
+            return _fake_diag(_seed_of(d), 40.0)
 
-        super().__init__(diagnose_fn=run, diagnose_random_fn=lambda ov, d: _fake_diag(int(d[-1]), 60.0))
+        def order(d):
+            self.orders.append(d)
+            return _fake_order(_seed_of(d))
+
+        def start(ov, d):
+            self.starts.append(d)
+            return {**_fake_diag(_seed_of(d), 20.0, rank=0.5), "order": _fake_order(_seed_of(d), None)}
+
+        def random(ov, d, i):
+            self.randoms.append((d, i))
+            return _fake_diag(_seed_of(d), 60.0 + i, rank=0.5)
+
+        super().__init__(diagnose_fn=run, diagnose_random_fn=random, diagnose_start_fn=start, order_fn=order)
 
 
 @pytest.fixture
@@ -201,8 +233,9 @@ def test_diagnostics_added_once_and_summarised(tmp_path, diag):
     md = open(tmp_path / "table7.md").read()
     # row: shape 70.5 ± 0.7, level 40.5 ± 0.7, arrow 50.5 ± 0.7, focus 1.05 ± 0.07
     assert "| L_nce | 70.5 ± 0.7 | 30.5 ± 0.7 | 40.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
-    # the random-init encoder: its probe values and its own diagnostics
-    assert "| random init | 30.0 ± 0.0 | 50.5 ± 0.7 | 60.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
+    # the random-init encoder: its probe values and its floor's diagnostics (per seed the mean of
+    # inits 0, 1, 2 at base 60, 61, 62: level 61 + seed)
+    assert "| random init | 30.0 ± 0.0 | 51.5 ± 0.7 | 61.5 ± 0.7 | 50.5 ± 0.7 | 1.05 ± 0.07 |" in md, md
     # --no-diagnose leaves new runs without diagnostics
     argv2 = ["table7", "--seeds", "2", "--out", out, "--no-plot", "--rows", "l_nce", "--no-diagnose"]
     assert ablate_main(argv2, **hooks) == 0 and len(diag.calls) == 2
@@ -213,6 +246,8 @@ def test_tiny_real_run_end_to_end(tmp_path):
     hooks = dict(
         diagnose_fn=functools.partial(ablate.diagnose_run, videos=8),
         diagnose_random_fn=functools.partial(ablate.diagnose_random, videos=8),
+        diagnose_start_fn=functools.partial(ablate.diagnose_own_start, videos=8),
+        order_fn=functools.partial(ablate.order_run, videos=8),
     )  # the real training (the default train_fn) and the real diagnostics, on 8 videos
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -225,6 +260,23 @@ def test_tiny_real_run_end_to_end(tmp_path):
     assert (tmp_path / "table7" / "l_rc" / "seed0" / "diagnose.json").exists()
     assert (tmp_path / "table7" / "random_init" / "seed0" / "diagnose.json").exists()
     assert (tmp_path / "table7.md").exists()
+    # the new records: focus rank, the order study (L_rc has no L_td head), own start, 3-init floor
+    d = res["diagnostics"]
+    assert 0.0 <= d["focus_rank"] <= 1.0 and d["focus_control"] > 0
+    assert d["order"]["own_head"] is None and 0 <= d["order"]["probe_clips_and_global"] <= 100
+    assert json.load(open(tmp_path / "table7" / "l_rc" / "seed0" / "order.json"))["trained_head"] is None
+    start = json.load(open(tmp_path / "table7" / "own_start" / "seed0" / "result.json"))
+    assert start["key"]["width"] == 0.0625 and 0.0 <= start["diagnostics"]["focus_rank"] <= 1.0
+    assert (tmp_path / "table7" / "own_start" / "seed0" / "order.json").exists()
+    floor = json.load(open(tmp_path / "table7" / "random_init" / "seed0" / "result.json"))
+    assert floor["init_seeds"] == [1, 2, 3] and len(floor["inits"]) == 3
+    assert floor["floor"]["arrow"]["n"] == 3
+    for i in (1, 2):
+        assert (tmp_path / "table7" / "random_init" / "seed0" / f"diagnose_init{i}.json").exists()
+    summary = json.load(open(tmp_path / "table7.json"))
+    l_rc = next(r for r in summary["rows"] if r["label"] == "L_rc")
+    diff = l_rc["per_seed"]["0"]["minus_own_start"]["focus_rank"]
+    assert diff == pytest.approx(d["focus_rank"] - start["diagnostics"]["focus_rank"])
 
 
 def test_rows_filter(tmp_path, diag, capsys):
@@ -294,3 +346,235 @@ def test_config_file_is_the_base_of_every_run(tmp_path, diag, capsys):
     assert ablate_main(["table7", "--config", str(bad), "--out", out], train_fn=fake, **diag) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and len(err.strip().splitlines()) == 1 and len(calls) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 28: records that can be checked (own start, 3-init floor, order study, summary, resume)
+
+
+def _fake_train(overrides):
+    cfg = load_config(None, overrides)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    f = {
+        "shape": {"trained": 70.0 + cfg.seed, "random_init": 30.0, "chance": 12.5},
+        "colour": {"trained": 90.0 - cfg.seed, "random_init": 60.0, "chance": 25.0},
+    }
+    return {"top1": 70.0 + cfg.seed, "random_top1": 30.0, "steps": 1, "primary": "shape", "factors": f}
+
+
+def _argv(out, seeds="0,1", rows="l_nce,l_rc", *extra):
+    return ["table7", "--seeds", seeds, "--out", str(out), "--no-plot", "--rows", rows, *extra]
+
+
+def test_own_start_is_the_trainers_starting_encoder(tmp_path):
+    """The own start (torch.manual_seed(seed), build_objective(cfg).encoder) equals, tensor for
+    tensor, the encoder of a Trainer built from the same config before any step; another seed
+    gives other weights (so the comparison can fail)."""
+    from ctrlaug.engine.trainer import Trainer
+
+    cfg = load_config(None, [*BASE_TINY, f"out_dir={tmp_path / 'run'}", "seed=3", "td=true", "mi=true"])
+    trainer = Trainer(cfg)
+    try:
+        want = trainer.obj.encoder.state_dict()
+        got = ablate.own_start_encoder(cfg).state_dict()
+        assert list(got) == list(want) and len(got) > 0
+        for k in want:
+            assert torch.equal(got[k].cpu(), want[k].cpu()), k
+        other = ablate.own_start_encoder(load_config(None, [*BASE_TINY, "seed=4"])).state_dict()
+        assert any(not torch.equal(other[k], want[k]) for k in want if want[k].is_floating_point())
+        # the rows of a table share it: the heads are built after the encoder
+        nce = load_config(None, [*BASE_TINY, "seed=3", "nce=true", "rc=false", "mi=false", "td=false"])
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(ablate.own_start_encoder(nce).state_dict().values(), got.values())
+        )
+    finally:
+        trainer.release()
+
+
+def test_own_start_is_diagnosed_once_per_seed_and_again_for_other_encoder_settings(tmp_path, diag):
+    hooks = dict(train_fn=_fake_train, **diag)
+    assert ablate_main(_argv(tmp_path), **hooks) == 0
+    assert sorted(diag.starts) == [ablate.own_start_dir(str(tmp_path), "table7", k) for k in (0, 1)]
+    rec = json.load(open(tmp_path / "table7" / "own_start" / "seed1" / "result.json"))
+    cfg = load_config(None, ablate.plan_runs("table7", [1], str(tmp_path), rows=["l_nce"])[0]["overrides"])
+    assert rec["key"] == ablate.start_key(cfg) and rec["diagnostics"]["focus_rank"] == pytest.approx(0.51)
+    summary = json.load(open(tmp_path / "table7.json"))
+    l_rc = next(r for r in summary["rows"] if r["label"] == "L_rc")
+    s1 = l_rc["per_seed"]["1"]
+    assert s1["own_start"]["focus_rank"] == pytest.approx(0.51) and s1["diagnostics"]["focus_rank"] == 0.61
+    assert s1["minus_own_start"]["focus_rank"] == pytest.approx(0.1)
+    assert s1["minus_own_start"]["level"] == pytest.approx(20.0)  # 41 - 21
+    assert s1["minus_own_start"]["order_head"] is None  # the own start's untrained head is left out
+    assert s1["minus_own_start"]["order_probe"] == pytest.approx(0.0)
+    assert summary["own_start"]["per_seed"]["0"]["diagnostics"]["level"] == 20.0
+    md = open(tmp_path / "table7.md").read()
+    assert "| focus rank | focus rank - own start |" in md
+    assert "| 0.605 ± 0.007 | 0.100 ± 0.000 |" in md, md
+    # a second invocation reuses it ...
+    assert ablate_main(_argv(tmp_path), **hooks) == 0 and len(diag.starts) == 2
+    # ... other encoder settings diagnose it again, and runs of the old settings get no difference
+    assert ablate_main(_argv(tmp_path, "0", "l_nce", "--no-diagnose"), **hooks) == 0
+    assert ablate_main(_argv(tmp_path, "0", "l_nce", "model.width=0.25"), **hooks) == 0
+    assert len(diag.starts) == 3
+    assert (
+        json.load(open(tmp_path / "table7" / "own_start" / "seed0" / "result.json"))["key"]["width"] == 0.25
+    )
+    summary = json.load(open(tmp_path / "table7.json"))
+    assert summary["rows"][0]["per_seed"]["0"]["minus_own_start"]["focus_rank"] is None
+
+
+def test_random_floor_takes_every_init_and_tops_up_an_old_single_init_file(tmp_path, diag):
+    from ctrlaug.eval.floor import FLOOR_INITS
+
+    out = tmp_path
+    d0 = out / "table7" / "random_init" / "seed0"
+    d1 = out / "table7" / "random_init" / "seed1"
+    d0.mkdir(parents=True)
+    d1.mkdir(parents=True)
+    # seed 0: a file of the old runner (one init, no focus rank); seed 1: one init with it
+    old = {"lowlevel": 45.0, "level": 55.0, "arrow": 51.0, "focus": 1.1}
+    (d0 / "result.json").write_text(json.dumps({"seed": 0, "diagnostics": old}))
+    (d1 / "result.json").write_text(json.dumps({"seed": 1, "diagnostics": _fake_diag(1, 70.0, 0.4)}))
+    hooks = dict(train_fn=_fake_train, **diag)
+    assert ablate_main(_argv(out, "0,1", "l_nce", "--no-diagnose"), **hooks) == 0
+    summary = json.load(open(out / "table7.json"))  # the old files still summarise
+    assert (
+        summary["random_floor"]["0"]["n"] == 1
+        and summary["random_floor"]["0"]["floor"]["level"]["mean"] == 55
+    )
+    assert "focus_rank" not in summary["random_floor"]["0"]["floor"] and not diag.randoms
+    assert ablate_main(_argv(out, rows="l_nce"), **hooks) == 0
+    # seed 0: all three inits (init 0 lacked the focus rank); seed 1: inits 1 and 2 added
+    assert sorted(diag.randoms) == sorted(
+        [(str(d0), 0), (str(d0), 1), (str(d0), 2), (str(d1), 1), (str(d1), 2)]
+    )
+    rec = json.load(open(d1 / "result.json"))
+    assert len(rec["inits"]) == FLOOR_INITS and rec["init_seeds"] == [2, 3, 4]
+    assert rec["inits"][0]["level"] == 71.0 and rec["diagnostics"] == rec["inits"][0]  # kept
+    assert [x["level"] for x in rec["inits"]] == [71.0, 62.0, 63.0]  # base 60 + i, plus the seed
+    lv = rec["floor"]["level"]
+    assert lv["n"] == 3 and lv["mean"] == pytest.approx(196 / 3) and lv["values"] == [71.0, 62.0, 63.0]
+    assert lv["std"] == pytest.approx(statistics.stdev([71.0, 62.0, 63.0]))
+    summary = json.load(open(out / "table7.json"))
+    assert summary["random_floor"]["1"]["floor"]["level"]["mean"] == pytest.approx(196 / 3)
+    assert summary["rows"][0]["per_seed"]["1"]["random_floor"]["focus_rank"]["n"] == 3
+    assert ablate_main(_argv(out, rows="l_nce"), **hooks) == 0 and len(diag.randoms) == 5  # nothing new
+
+
+def test_order_study_for_every_run_and_added_alone_to_diagnosed_runs(tmp_path, diag):
+    hooks = dict(train_fn=_fake_train, **diag)
+    # a run diagnosed before the order study existed (diagnostics with the focus rank, no order)
+    assert ablate_main(_argv(tmp_path, "0", "l_nce", "--no-diagnose"), **hooks) == 0
+    run = tmp_path / "table7" / "l_nce" / "seed0"
+    res = json.load(open(run / "result.json"))
+    res["diagnostics"] = _fake_diag(0, 33.0)
+    (run / "result.json").write_text(json.dumps(res))
+    assert ablate_main(_argv(tmp_path, "0", "l_nce"), **hooks) == 0
+    assert not diag.calls and diag.orders == [str(run)]
+    res = json.load(open(run / "result.json"))
+    assert res["diagnostics"]["level"] == 33.0 and res["diagnostics"]["order"]["probe_clips_only"] == 52.0
+    assert ablate_main(_argv(tmp_path, "0", "l_nce"), **hooks) == 0 and len(diag.orders) == 1
+    summary = json.load(open(tmp_path / "table7.json"))
+    d = summary["rows"][0]["per_seed"]["0"]["diagnostics"]
+    assert (d["order_head"], d["order_probe"], d["order_clips_only"], d["order_global_crop"]) == (
+        50,
+        55,
+        52,
+        60,
+    )
+    # a run without an L_td head: own_head is null
+    compact = ablate.compact_order(
+        {
+            "trained_head": None,
+            "probe_clips_and_global": {"top1": 61.0},
+            "probe_clips_only": {"top1": 50.0},
+            "probe_clips_in_global_crop": {"top1": 70.0},
+        }
+    )
+    assert compact == {
+        "own_head": None,
+        "own_head_bound": None,
+        "probe_clips_and_global": 61.0,
+        "probe_clips_only": 50.0,
+        "probe_clips_in_global_crop": 70.0,
+    }
+    full = ablate.compact_order({**{k: {"top1": 1.0} for k in compact if k.startswith("probe")},
+                                 "trained_head": {"mi_td": 0.02, "td_acc": 57.0}})  # fmt: skip
+    assert full["own_head"] == 57.0 and full["own_head_bound"] == 0.02
+
+
+def test_summary_carries_everything_and_names_the_missing_runs(tmp_path, diag):
+    hooks = dict(train_fn=_fake_train, **diag)
+    assert ablate_main(_argv(tmp_path, "0,1", "l_nce"), **hooks) == 0
+    assert {"focus_control", "focus_rank", "order_probe", "order_head"} <= set(ablate.DIAG_COLUMNS)
+    summary = json.load(open(tmp_path / "table7.json"))
+    assert summary["missing"] == []  # every run asked for (--rows l_nce) is there
+    missing = ablate.missing_runs("table7", [0, 1], str(tmp_path))
+    assert len(missing) == 10 and {m["seed"] for m in missing} == {0, 1}
+    assert "L_nce" not in {m["row"] for m in missing} and missing[0]["row"] == "L_rc"
+    assert missing[0]["dir"] == os.path.join(str(tmp_path), "table7", "l_rc", "seed0")
+    row = summary["rows"][0]
+    s0 = row["per_seed"]["0"]
+    assert s0["top1"] == 70.0 and s0["factors"] == {"shape": 70.0, "colour": 90.0}
+    assert set(s0["diagnostics"]) >= set(ablate.DIAG_COLUMNS)
+    assert s0["diagnostics"]["focus_control"] == 1.0 and s0["diagnostics"]["focus_rank"] == 0.6
+    assert s0["own_start"]["level"] == 20.0 and s0["random_floor"]["level"]["values"] == [60.0, 61.0, 62.0]
+    assert set(s0["minus_own_start"]) == set(ablate.DIAG_COLUMNS)
+    assert row["diag"]["focus_minus_control"] == [pytest.approx(0.0), pytest.approx(0.1)]
+    assert row["diag"]["focus_rank_minus_own_start"] == [pytest.approx(0.1), pytest.approx(0.1)]
+    md = open(tmp_path / "table7.md").read()
+    assert "| CAAM focus | focus - control | focus rank | focus rank - own start |" in md
+    assert "| own start |" in md and "Runs still to come" not in md
+    # a partial table says which runs are to come
+    argv = ["table7", "--seeds", "0,1", "--out", str(tmp_path), "--no-plot", "--no-diagnose"]
+    assert ablate_main([*argv, "--rows", "l_nce,l_rc", "--dry-run"], **hooks) == 0
+    s = ablate.summarise("table7", [0, 1], str(tmp_path), rows=["l_nce", "l_rc"])
+    assert [(m["row"], m["seed"]) for m in s["missing"]] == [("L_rc", 0), ("L_rc", 1)]
+    md = ablate.to_markdown(s)
+    assert "Runs still to come (2): L_rc seed 0, L_rc seed 1." in md
+
+
+def test_old_results_without_the_new_keys_still_summarise(tmp_path):
+    """A result.json and random_init file of the previous runner (no focus rank, control, order,
+    own start, one init) summarise with those values missing."""
+    run = tmp_path / "table7" / "l_nce" / "seed0"
+    run.mkdir(parents=True)
+    old_diag = {"lowlevel": 40.0, "level": 35.0, "arrow": 52.0, "focus": 1.2, "factors_knn": {"shape": 30.0}}
+    (run / "result.json").write_text(
+        json.dumps({"top1": 50.0, "random_top1": 25.0, "overrides": [], "diagnostics": old_diag})
+    )
+    ri = tmp_path / "table7" / "random_init" / "seed0"
+    ri.mkdir(parents=True)
+    (ri / "result.json").write_text(json.dumps({"seed": 0, "diagnostics": old_diag}))
+    s = ablate.summarise("table7", [0], str(tmp_path))
+    s0 = s["rows"][0]["per_seed"]["0"]
+    assert s0["diagnostics"]["focus_rank"] is None and s0["diagnostics"]["order_probe"] is None
+    assert s0["diagnostics"]["level"] == 35.0 and s0["own_start"] is None
+    assert all(v is None for v in s0["minus_own_start"].values())
+    assert s["random_floor"]["0"]["floor"]["knn_shape"]["n"] == 1
+    md = ablate.to_markdown(s)
+    assert "| L_nce | 40.0 | 35.0 | 52.0 | 1.20 | — | — | — | — | — |" in md, md
+    assert len(s["missing"]) == 5
+
+
+def test_no_diagnose_skips_everything_and_a_later_call_adds_what_is_missing(tmp_path, diag):
+    hooks = dict(train_fn=_fake_train, **diag)
+    assert ablate_main(_argv(tmp_path, "0", "l_nce", "--no-diagnose"), **hooks) == 0
+    assert not (diag.calls or diag.orders or diag.starts or diag.randoms)
+    assert not (tmp_path / "table7" / "own_start").exists()
+    # diagnostics of the runner before the focus rank existed: computed again (the order study kept)
+    run = tmp_path / "table7" / "l_nce" / "seed0"
+    res = json.load(open(run / "result.json"))
+    res["diagnostics"] = {
+        "lowlevel": 1.0,
+        "level": 2.0,
+        "arrow": 3.0,
+        "focus": 4.0,
+        "order": _fake_order(0, 9.0),
+    }
+    (run / "result.json").write_text(json.dumps(res))
+    assert ablate_main(_argv(tmp_path, "0", "l_nce"), **hooks) == 0
+    assert diag.calls == [str(run)] and not diag.orders and len(diag.starts) == 1 and len(diag.randoms) == 3
+    d = json.load(open(run / "result.json"))["diagnostics"]
+    assert d["focus_rank"] == 0.6 and d["level"] == 40.0 and d["order"]["own_head"] == 9.0

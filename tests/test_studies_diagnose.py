@@ -22,6 +22,7 @@ from ctrlaug.studies.diagnose import (
     LEVEL_COMPONENTS,
     centre_clip,
     diagnose,
+    focus_rank,
     focus_ratio,
     level_decodability,
     masks_to_grid,
@@ -185,6 +186,83 @@ def test_focus_ratio_above_one_on_the_mask_one_when_uniform_below_one_off_the_ma
         focus_ratio(maps, masks[:, :1])
 
 
+def _one_cell_masks(n: int, seed: int = 0) -> torch.Tensor:
+    """n one-cell objects on a 1 x 4 x 4 grid, at random cells."""
+    cell = torch.randint(16, (n,), generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.one_hot(cell, 16).float().view(n, 1, 4, 4)
+
+
+def _focus_and_control(maps: torch.Tensor, masks: torch.Tensor) -> tuple[float, float]:
+    from ctrlaug.studies.diagnose import shuffled_pairing
+
+    focus = focus_ratio(maps, masks)["ratio"].mean().item()
+    return focus, focus_ratio(maps, masks[shuffled_pairing(len(masks), 0)])["ratio"].mean().item()
+
+
+def test_focus_rank_follows_where_the_energy_sits_not_how_peaked_it_is():
+    """Maps = peak * own mask + fixed small noise: the rank is near 1 and the same for peak 2 and
+    peak 50 (the order of the map's regions does not change), while focus - control grows with
+    the peak."""
+    n = 256
+    masks = _one_cell_masks(n)
+    noise = 0.05 * torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    ranks, gaps = {}, {}
+    for peak in (2.0, 50.0):
+        maps = peak * masks + noise
+        r = focus_rank(maps, masks)
+        assert r.shape == (n,) and torch.isfinite(r).all()
+        ranks[peak] = r.mean().item()
+        focus, control = _focus_and_control(maps, masks)
+        gaps[peak] = focus - control
+    # 1/16 of the other clips share the cell (a tie, 1/2): 1 - 1/32 expected
+    assert ranks[2.0] > 0.95 and ranks[2.0] == pytest.approx(1 - 1 / 32, abs=0.02), ranks
+    assert abs(ranks[2.0] - ranks[50.0]) < 1e-6, ranks
+    assert gaps[50.0] > gaps[2.0] + 1.0 and gaps[2.0] > 0, gaps
+
+
+def test_focus_rank_is_one_half_for_maps_that_ignore_the_object_and_lower_for_a_wrong_region():
+    from ctrlaug.studies.diagnose import shuffled_pairing
+
+    n = 256
+    masks = _one_cell_masks(n)
+    g = torch.Generator().manual_seed(2)
+    rand = focus_rank(torch.rand(n, 1, 4, 4, generator=g), masks).mean().item()
+    assert abs(rand - 0.5) < 0.05, rand
+    # the energy sits on a wrong region (the cell opposite the object) over a flat floor: the
+    # object's region ties with every other empty region (1/2) and loses to the clips whose
+    # object is at that cell (0): 1/2 - 1/32 expected, below 1/2
+    wrong_maps = 10 * masks.flip(-1).flip(-2) + 0.05
+    wrong = focus_rank(wrong_maps, masks).mean().item()
+    assert 0.44 < wrong < 0.49, wrong
+    # the same energy on another clip's object with random noise: near 1/2, far from the own mask's
+    noisy = focus_rank(10 * masks[shuffled_pairing(n, 3)] + 0.05 * torch.rand(n, 1, 4, 4, generator=g), masks)
+    assert abs(noisy.mean().item() - 0.5) < 0.06, noisy.mean()
+    # a uniform map ties with every other region: exactly 1/2
+    assert torch.allclose(focus_rank(torch.ones(n, 1, 4, 4), masks), torch.full((n,), 0.5))
+
+
+def test_focus_rank_by_hand_on_three_clips_of_a_2x2_grid():
+    """Masks: c0 = top-left cell, c1 = top-right cell, c2 = both (area 1/4, 1/4, 1/2).
+    Clip 0's map [[0, 1], [1, 1]] avoids its object: r(c0) = 0 < r(c1) = 4/3, r(c2) = 2/3 -> 0.
+    Clip 1's map [[1, 3], [0, 0]]: r(c1) = 3 > r(c0) = 1, r(c2) = 2 -> 1.
+    Clip 2's map is uniform: every ratio is 1, two ties -> 1/2. Mean 1/2."""
+    masks = torch.tensor([[[1.0, 0], [0, 0]], [[0, 1], [0, 0]], [[1, 1], [0, 0]]])[:, None]
+    maps = torch.tensor([[[0.0, 1], [1, 1]], [[1, 3], [0, 0]], [[1, 1], [1, 1]]])[:, None]
+    r = focus_rank(maps, masks)
+    torch.testing.assert_close(r, torch.tensor([0.0, 1.0, 0.5]))
+    assert r.mean().item() == pytest.approx(0.5)
+    # an all-zero map has no rank; an empty mask is left out of the others' comparisons
+    maps0 = maps.clone()
+    maps0[0] = 0
+    assert math.isnan(focus_rank(maps0, masks)[0].item())
+    masks_e = masks.clone()
+    masks_e[2] = 0  # clip 2 has no object: no rank; clip 1 now compares against c0 only -> 1
+    r_e = focus_rank(maps, masks_e)
+    assert math.isnan(r_e[2].item()) and r_e[1].item() == pytest.approx(1.0) and r_e[0].item() == 0.0
+    with pytest.raises(ValueError, match="same"):
+        focus_rank(maps, masks[:, :, :1])
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI and end to end
 
@@ -202,6 +280,30 @@ def test_bad_path_is_one_error_line_with_exit_code_2(tmp_path):
     assert main([str(tmp_path)]) == 2  # an empty run folder: no checkpoint
     assert main([]) == 2  # neither a checkpoint nor --random-init
     assert not os.listdir(tmp_path)
+
+
+def test_an_unwritable_out_is_one_line_before_anything_is_computed(tmp_path, monkeypatch):
+    import ctrlaug.studies.diagnose as study
+
+    def boom(*a, **k):
+        raise AssertionError("computed before checking --out")
+
+    monkeypatch.setattr(study, "diagnose", boom)
+    monkeypatch.setattr(study, "load_encoder", boom)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = blocker / "diag"  # its parent is a file: cannot be created
+    p = subprocess.run(
+        [sys.executable, "-c", "import sys; from ctrlaug.diagnose import main; sys.exit(main(sys.argv[1:]))",
+         "--random-init", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0], p.stderr
+    assert "[ENOTDIR]" in lines[0], p.stderr
+    # in-process with the computation replaced by a failure: the check comes first
+    assert main(["--random-init", "--out", str(blocker)]) == 2
 
 
 def _in_range(res: dict) -> None:
@@ -257,6 +359,7 @@ def test_diagnose_reads_an_object_focused_order_blind_encoder_as_such():
     res = diagnose(_ObjectEncoder(), cfg, videos=16, levels=1, probe_epochs=20)
     assert res["focus"]["grid"] == [1, 4, 4] and res["focus"]["clips"] == 16
     assert res["focus"]["ratio"] > 1.5, res["focus"]
+    assert res["focus"]["rank"] > 0.8 and res["focus"]["rank"] <= 1.0, res["focus"]
     assert res["arrow"]["top1"] == pytest.approx(50.0), res["arrow"]
 
 

@@ -17,8 +17,12 @@ For each row and seed the training runs in-process into ``<out>/<table>/<row-slu
 then the linear probe of :func:`ctrlaug.eval.factors.run_probe`; the trained-encoder and random-init
 top-1 go to ``result.json`` there as soon as the run ends, and runs whose ``result.json`` exists
 are skipped (an interrupted ablation resumes; an interrupted *run* resumes from its checkpoint).
-The summary goes to ``<out>/<table>.md``, ``<out>/<table>.json`` and, when matplotlib is
-importable, ``<out>/<table>.png``. The shapes benchmark is CPU-sized: compare the *ordering* of
+After training, :func:`add_diagnostics` adds whatever diagnostics are missing: each run's mechanism
+diagnostics and L_td order study, and per seed the run's own starting weights
+(``<out>/<table>/own_start/seed<k>/``) and the random-init floor over every init
+(``<out>/<table>/random_init/seed<k>/``). The summary goes to ``<out>/<table>.md``,
+``<out>/<table>.json`` (per row and seed every number, the run - own start differences and the
+runs still missing) and, when matplotlib is importable, ``<out>/<table>.png``. The shapes benchmark is CPU-sized: compare the *ordering* of
 the rows with the paper's (Spearman rank correlation), not the absolute numbers.
 """
 
@@ -50,6 +54,16 @@ __all__ = [
     "train_and_probe",
     "diagnose_run",
     "diagnose_random",
+    "diagnose_own_start",
+    "order_run",
+    "own_start_objective",
+    "own_start_encoder",
+    "start_key",
+    "own_start_dir",
+    "random_init_dir",
+    "flat_diagnostics",
+    "floor_of",
+    "missing_runs",
     "add_diagnostics",
     "summarise",
     "write_summary",
@@ -298,15 +312,30 @@ def compact_diagnostics(d: dict) -> dict:
         "arrow": d["arrow"]["top1"],
         "focus": d["focus"]["ratio"],
         "focus_control": d["focus"].get("control"),
+        "focus_rank": d["focus"].get("rank"),
         "factors_knn": {k: v["knn"] for k, v in d["factors"].items()},
     }
 
 
-def _diagnose_dir(d: str, cfg, encoder, videos: int) -> dict:
+def compact_order(res: dict) -> dict:
+    """The top-1 values (%) of a :func:`ctrlaug.studies.diagnose.order_study` result: the run's own
+    L_td head (``own_head``: how often it scores the true order above a deranged one; None without
+    a head, with ``own_head_bound`` its bound estimate) and the fresh probes on frozen features."""
+    th = res.get("trained_head")
+    return {
+        "own_head": th.get("td_acc") if th else None,
+        "own_head_bound": th.get("mi_td") if th else None,
+        "probe_clips_and_global": res["probe_clips_and_global"]["top1"],
+        "probe_clips_only": res["probe_clips_only"]["top1"],
+        "probe_clips_in_global_crop": res["probe_clips_in_global_crop"]["top1"],
+    }
+
+
+def _diagnose_dir(d: str, cfg, encoder, videos: int, stem: str = "diagnose") -> dict:
     from ctrlaug.studies.diagnose import diagnose, write_report
 
     full = diagnose(encoder, cfg, videos=videos, seed=cfg.seed)
-    write_report(full, os.path.join(d, "diagnose"))
+    write_report(full, os.path.join(d, stem))
     return compact_diagnostics(full)
 
 
@@ -320,9 +349,85 @@ def diagnose_run(run_folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
     return _diagnose_dir(run_folder, cfg, enc, videos)
 
 
-def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
-    """The default ``diagnose_random_fn``: the same diagnostics for the random-init encoder the
-    probe compares against (the first init of the seed's floor, ctrlaug.eval.floor)."""
+def _order_dir(d: str, obj, cfg, videos: int, stem: str = "order", **extra) -> dict:
+    from ctrlaug.studies.diagnose import order_study
+
+    res = order_study(obj, cfg, videos=videos, seed=cfg.seed)
+    os.makedirs(d, exist_ok=True)
+    write_json(os.path.join(d, stem + ".json"), {**extra, **res})
+    return compact_order(res)
+
+
+def order_run(run_folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
+    """The default ``order_fn``: the L_td order study (:func:`ctrlaug.studies.diagnose.order_study`)
+    of a finished run's full objective (encoder and heads of its newest checkpoint, loaded as
+    ``python -m ctrlaug.diagnose RUN --order`` does) on ``videos`` held-out videos, seeded with the
+    run's seed; the full result goes to ``<run>/order.json``, the compact one (:func:`compact_order`)
+    is returned."""
+    import torch
+
+    from ctrlaug.engine.build import build_objective
+    from ctrlaug.eval.encoder import load_encoder
+    from ctrlaug.utils.checkpoint import load_checkpoint
+
+    enc, cfg, ckpt = load_encoder(run_folder, None, False)
+    torch.manual_seed(cfg.seed)
+    obj = build_objective(cfg)
+    obj.encoder = enc
+    obj.load_state_dict(load_checkpoint(ckpt)["model"])
+    return _order_dir(run_folder, obj, cfg, videos, checkpoint=ckpt, random_init=False)
+
+
+def own_start_objective(cfg):
+    """The objective a run of ``cfg`` starts from, exactly as the trainer builds it
+    (``Trainer._build``: ``torch.manual_seed(cfg.seed)``, then :func:`ctrlaug.engine.build.build_objective`),
+    before any step. Leaves torch's global RNG as the trainer's build leaves it."""
+    import torch
+
+    from ctrlaug.engine.build import build_objective
+
+    torch.manual_seed(cfg.seed)
+    return build_objective(cfg)
+
+
+def own_start_encoder(cfg):
+    """The encoder weights a run of ``cfg`` starts from (see :func:`own_start_objective`)."""
+    return own_start_objective(cfg).encoder
+
+
+def start_key(cfg) -> dict:
+    """The settings that decide a run's own-start encoder and what its diagnostics see: every row of
+    a table that shares them shares one own-start diagnosis per seed."""
+    return {
+        "arch": cfg.model.arch,
+        "width": cfg.model.width,
+        "spatial_stride1_stages": list(cfg.model.spatial_stride1_stages),
+        "size": cfg.augment.size,
+        "clip_frames": cfg.augment.clip_frames,
+        "eval_split": cfg.eval.split,
+    }
+
+
+def diagnose_own_start(overrides: list[str], folder: str, videos: int = DIAGNOSE_VIDEOS) -> dict:
+    """The default ``diagnose_start_fn``: the diagnostics of the run's own starting weights
+    (:func:`own_start_objective` of the config of ``overrides``; ``<folder>/diagnose.json``/``.md``)
+    and the order study's fresh probes on its encoder (``<folder>/order.json``). The untrained L_td
+    head differs between rows, so the own start's ``own_head`` is left out (None)."""
+    from ctrlaug.config import load_config
+
+    cfg = load_config(None, overrides)
+    obj = own_start_objective(cfg)
+    res = _diagnose_dir(folder, cfg, obj.encoder, videos)
+    order = _order_dir(folder, obj, cfg, videos, checkpoint=None, own_start=True)
+    res["order"] = {**order, "own_head": None, "own_head_bound": None}
+    return res
+
+
+def diagnose_random(overrides: list[str], folder: str, init: int = 0, videos: int = DIAGNOSE_VIDEOS) -> dict:
+    """The default ``diagnose_random_fn``: the same diagnostics for init ``init`` of the random-init
+    floor (seed ``random_init_seed(seed, init)``, ctrlaug.eval.floor); init 0 is the encoder the
+    probe compares against. Written to ``<folder>/diagnose.json`` (init 0) or
+    ``diagnose_init<i>.json``."""
     import torch
 
     from ctrlaug.config import load_config
@@ -330,18 +435,21 @@ def diagnose_random(overrides: list[str], folder: str, videos: int = DIAGNOSE_VI
     from ctrlaug.models import build_encoder
 
     cfg = load_config(None, overrides)
-    torch.manual_seed(random_init_seed(cfg.seed))
-    return _diagnose_dir(
-        folder, cfg, build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages), videos
-    )
+    torch.manual_seed(random_init_seed(cfg.seed, init))
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.spatial_stride1_stages)
+    return _diagnose_dir(folder, cfg, enc, videos, "diagnose" if init == 0 else f"diagnose_init{init}")
 
 
 #: ``train_fn(overrides) -> {"top1", "random_top1", "train_top1", "steps", "primary", "factors"}``
 TrainFn = Callable[[list[str]], dict]
 #: ``diagnose_fn(run_folder) -> compact diagnostics`` (see :func:`compact_diagnostics`)
 DiagnoseFn = Callable[[str], dict]
-#: ``diagnose_random_fn(overrides, folder) -> compact diagnostics`` of the random-init encoder
-DiagnoseRandomFn = Callable[[list[str], str], dict]
+#: ``diagnose_random_fn(overrides, folder, init) -> compact diagnostics`` of init ``init`` of the floor
+DiagnoseRandomFn = Callable[[list[str], str, int], dict]
+#: ``diagnose_start_fn(overrides, folder) -> compact diagnostics`` (with ``order``) of the own start
+DiagnoseStartFn = Callable[[list[str], str], dict]
+#: ``order_fn(run_folder) -> compact order study`` (see :func:`compact_order`)
+OrderFn = Callable[[str], dict]
 
 
 def run_one(plan: dict, table: str, train_fn: TrainFn = train_and_probe) -> dict:
@@ -376,18 +484,122 @@ def _load_result(d: str) -> dict | None:
         return None
 
 
-def summarise(table: str, seeds: Sequence[int], out: str, calibration: dict | None = None) -> dict:
+def own_start_dir(out: str, table: str, seed: int) -> str:
+    """``<out>/<table>/own_start/seed<k>/``: the diagnostics of the runs' own starting weights."""
+    return os.path.join(out, table, "own_start", f"seed{seed}")
+
+
+def random_init_dir(out: str, table: str, seed: int) -> str:
+    """``<out>/<table>/random_init/seed<k>/``: the diagnostics of the random-init floor's inits."""
+    return os.path.join(out, table, "random_init", f"seed{seed}")
+
+
+def missing_runs(table: str, seeds: Sequence[int], out: str, rows: Sequence[str] | None = None) -> list[dict]:
+    """The (row, seed) runs of ``table`` (or of ``rows``) that have no ``result.json`` yet:
+    ``[{"row", "slug", "seed", "dir"}]`` in the planned order."""
+    return [
+        {"row": p["row"].label, "slug": p["row"].slug, "seed": p["seed"], "dir": p["dir"]}
+        for p in plan_runs(table, seeds, out, rows=rows)
+        if not p["done"]
+    ]
+
+
+#: Order-study columns of the summary -> keys of :func:`compact_order`.
+_ORDER_COLUMNS = {
+    "order_head": "own_head",
+    "order_probe": "probe_clips_and_global",
+    "order_clips_only": "probe_clips_only",
+    "order_global_crop": "probe_clips_in_global_crop",
+}
+
+#: Every diagnostic the summary carries (:func:`flat_diagnostics`); old results lack some (None).
+DIAG_COLUMNS = (
+    "lowlevel",
+    "level",
+    "arrow",
+    "focus",
+    "focus_control",
+    "focus_rank",
+    *_ORDER_COLUMNS,
+)
+
+
+def flat_diagnostics(d: dict | None) -> dict[str, float | None]:
+    """The :data:`DIAG_COLUMNS` of a stored compact diagnostics dict (the order study's nested under
+    ``order``), plus ``knn_<factor>``; a value that is absent (an old result) is None."""
+    d = d or {}
+    out: dict[str, float | None] = {k: d.get(k) for k in DIAG_COLUMNS if k not in _ORDER_COLUMNS}
+    order = d.get("order") or {}
+    out.update({k: order.get(v, d.get(k)) for k, v in _ORDER_COLUMNS.items()})  # d.get: already flat
+    out.update({k: v for k, v in d.items() if k.startswith("knn_")})
+    out.update({f"knn_{f}": v for f, v in (d.get("factors_knn") or {}).items()})
+    return {k: None if v is None else float(v) for k, v in out.items()}
+
+
+def floor_of(inits: Sequence[dict]) -> dict:
+    """Mean and spread (:func:`ctrlaug.eval.floor.mean_spread`: mean, std, min, max, n, values) of
+    every diagnostic over the inits of a random-init floor, where every init has it."""
+    from ctrlaug.eval.floor import mean_spread
+
+    flats = [flat_diagnostics(d) for d in inits]
+    if not flats:
+        return {}
+    keys = [k for k in flats[0] if all(f.get(k) is not None for f in flats)]
+    return {k: mean_spread([f[k] for f in flats]) for k in keys}
+
+
+def _floor_inits(rec: dict | None) -> list[dict]:
+    """The init diagnostics of a random_init result.json; an old one holds only ``diagnostics``."""
+    if not rec:
+        return []
+    return list(rec.get("inits") or ([rec["diagnostics"]] if rec.get("diagnostics") else []))
+
+
+def _key_of(overrides: Sequence[str] | None) -> dict | None:
+    from ctrlaug.config import load_config
+
+    try:
+        return start_key(load_config(None, list(overrides or ())))
+    except Exception:  # an old or foreign result whose overrides no longer load: no own start
+        return None
+
+
+def _sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def summarise(
+    table: str,
+    seeds: Sequence[int],
+    out: str,
+    calibration: dict | None = None,
+    rows: Sequence[str] | None = None,
+) -> dict:
     """Mean ± std over seeds per row, random-init baseline and the rank correlation with the paper.
 
     With ``calibration`` (the JSON of ``python -m ctrlaug.calibrate`` for the same seeds), every
     row also gets ``gap_closed`` per seed (:func:`ctrlaug.studies.calibrate.gap_closed`) and ``gate``:
     whether it closes at least ``GATE_FRACTION`` of the gap on every seed it has run.
+
+    Per row, ``per_seed`` (keyed by the seed as a string) holds the shape probe, every factor, every
+    diagnostic (:func:`flat_diagnostics`), the own start's and the random floor's values, and
+    ``minus_own_start`` (run - own start, per diagnostic; None where the own start was diagnosed with
+    other encoder settings, :func:`start_key`); the table's ``own_start`` and ``random_floor`` per
+    seed, and ``missing``: the runs of ``rows`` (default: every row) without a result.
     """
-    rows = []
+    own, floors = {}, {}
+    for k in seeds:
+        rec = _load_result(own_start_dir(out, table, k))
+        if rec and rec.get("diagnostics"):
+            own[str(k)] = {"key": rec.get("key"), "diagnostics": flat_diagnostics(rec["diagnostics"])}
+        inits = _floor_inits(_load_result(random_init_dir(out, table, k)))
+        if inits:
+            floors[str(k)] = {"n": len(inits), "floor": floor_of(inits)}
+    rows_out = []
     randoms: dict[int, float] = {}
     random_results: dict[int, dict] = {}
     for row in TABLES[table]:
-        accs, results, done = [], [], []
+        accs, results, done, per_seed = [], [], [], {}
         for seed in seeds:
             r = _load_result(run_dir(out, table, row, seed))
             if r is None:
@@ -398,8 +610,14 @@ def summarise(table: str, seeds: Sequence[int], out: str, calibration: dict | No
             if r.get("random_top1") is not None and seed not in randoms:
                 randoms[seed] = float(r["random_top1"])
                 random_results[seed] = r
+            per_seed[str(seed)] = _per_seed(r, own.get(str(seed)), floors.get(str(seed)))
         mean, std = _mean_std(accs)
-        rows.append(
+        extras = _extras(results, "trained")
+        for k in DIAG_COLUMNS:
+            extras["diag"][f"{k}_minus_own_start"] = [
+                v["minus_own_start"][k] for v in per_seed.values() if v["minus_own_start"].get(k) is not None
+            ]
+        rows_out.append(
             {
                 "label": row.label,
                 "overrides": list(row.overrides),
@@ -409,29 +627,48 @@ def summarise(table: str, seeds: Sequence[int], out: str, calibration: dict | No
                 "std": std,
                 "paper_ucf101": row.ucf101,
                 "paper_hmdb51": row.hmdb51,
-                **_extras(results, "trained"),
+                **extras,
+                "per_seed": per_seed,
                 **_gate(calibration, dict(zip(done, accs))),
             }
         )
-    have = [r for r in rows if r["mean"] is not None]
+    have = [r for r in rows_out if r["mean"] is not None]
     rho_ucf = spearman([r["mean"] for r in have], [r["paper_ucf101"] for r in have])
     rho_hmdb = spearman([r["mean"] for r in have], [r["paper_hmdb51"] for r in have])
     rmean, rstd = _mean_std(list(randoms.values()))
     rand = []
     for k in seeds:
-        d = _load_result(os.path.join(out, table, "random_init", f"seed{k}")) or {}
-        rand.append(
-            {"factors": random_results.get(k, {}).get("factors"), "diagnostics": d.get("diagnostics")}
-        )
+        f = floors.get(str(k), {}).get("floor", {})
+        means = {c: v["mean"] for c, v in f.items()}
+        rand.append({"factors": random_results.get(k, {}).get("factors"), "diagnostics": means})
+    start = [{"diagnostics": v["diagnostics"]} for v in own.values()]
     return {
         "table": table,
         "title": TABLE_TITLES[table],
         "seeds": list(seeds),
-        "rows": rows,
+        "rows": rows_out,
         "random_init": {"mean": rmean, "std": rstd, "n": len(randoms), **_extras(rand, "random_init")},
+        "own_start": {"per_seed": own, **_extras(start, "trained")},
+        "random_floor": floors,
+        "missing": missing_runs(table, seeds, out, rows),
         "spearman_ucf101": rho_ucf,
         "spearman_hmdb51": rho_hmdb,
         "rows_compared": len(have),
+    }
+
+
+def _per_seed(r: dict, own: dict | None, floor: dict | None) -> dict:
+    """One run's record in the summary: probe, factors, diagnostics, own start, floor, differences."""
+    diag = flat_diagnostics(r.get("diagnostics"))
+    same = own is not None and own.get("key") is not None and own["key"] == _key_of(r.get("overrides"))
+    start = own["diagnostics"] if same else None
+    return {
+        "top1": float(r["top1"]),
+        "factors": {f: v.get("trained") for f, v in (r.get("factors") or {}).items()},
+        "diagnostics": diag,
+        "own_start": start,
+        "random_floor": floor["floor"] if floor else None,
+        "minus_own_start": {k: _sub(diag.get(k), (start or {}).get(k)) for k in DIAG_COLUMNS},
     }
 
 
@@ -464,21 +701,23 @@ def _gate_lines(summary: dict) -> list[str]:
     return lines + [""]
 
 
-DIAG_COLUMNS = ("lowlevel", "level", "arrow", "focus")
-
-
 def _extras(results: list[dict], which: str) -> dict:
-    """Per-factor probe and diagnostic values over seeds: ``{"factors": {f: [..]}, "diag": {k: [..]}}``."""
+    """Per-factor probe and diagnostic values over seeds: ``{"factors": {f: [..]}, "diag": {k: [..]}}``
+    (``diag`` also holds ``focus_minus_control`` per seed)."""
     factors: dict[str, list[float]] = {}
-    diag: dict[str, list[float]] = {k: [] for k in DIAG_COLUMNS}
+    diag: dict[str, list[float]] = {k: [] for k in (*DIAG_COLUMNS, "focus_minus_control")}
     for r in results:
         for f, v in (r.get("factors") or {}).items():
-            factors.setdefault(f, []).append(float(v[which]))
-        d = r.get("diagnostics")
-        if d:
+            if isinstance(v, dict) and v.get(which) is not None:
+                factors.setdefault(f, []).append(float(v[which]))
+        if r.get("diagnostics"):
+            d = flat_diagnostics(r["diagnostics"])
             for k in DIAG_COLUMNS:
                 if d.get(k) is not None:
-                    diag[k].append(float(d[k]))
+                    diag[k].append(d[k])
+            gap = _sub(d.get("focus"), d.get("focus_control"))
+            if gap is not None:
+                diag["focus_minus_control"].append(gap)
     return {"factors": factors, "diag": diag}
 
 
@@ -535,6 +774,9 @@ def to_markdown(summary: dict) -> str:
     ]
     lines += _gate_lines(summary)
     lines += _factor_table(summary)
+    if summary.get("missing"):
+        todo = ", ".join(f"{m['row']} seed {m['seed']}" for m in summary["missing"])
+        lines += [f"Runs still to come ({len(summary['missing'])}): {todo}.", ""]
     return "\n".join(lines)
 
 
@@ -545,28 +787,44 @@ def _ms(xs: list[float] | None, digits: int = 1) -> str:
     return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+#: Diagnostic columns of the markdown table: (key in ``diag``, header, digits).
+_MD_DIAG = (
+    ("lowlevel", "applied low-level (L_mi: lower)", 1),
+    ("level", "L_mi level bins", 1),
+    ("arrow", "arrow of time (L_td: higher)", 1),
+    ("focus", "CAAM focus", 2),
+    ("focus_minus_control", "focus - control", 2),
+    ("focus_rank", "focus rank", 3),
+    ("focus_rank_minus_own_start", "focus rank - own start", 3),
+    ("order_probe", "order probe", 1),
+    ("order_head", "own L_td head", 1),
+)
+
+
 def _factor_table(summary: dict) -> list[str]:
-    """Every factor's probe and the mechanism diagnostics per row (mean ± std over seeds)."""
-    everyone = [*summary["rows"], {"label": "random init", **summary["random_init"]}]
+    """Every factor's probe and the mechanism diagnostics per row (mean ± std over seeds), with the
+    runs' own start and the random-init floor (per seed the mean over its inits)."""
+    everyone = [
+        *summary["rows"],
+        {"label": "own start", **summary.get("own_start", {})},
+        {"label": "random init", **summary["random_init"]},
+    ]
     factors: list[str] = []
     for r in everyone:
         factors += [f for f in r.get("factors", {}) if f not in factors]
-    if not factors:
+    if not factors and not any(any(r.get("diag", {}).values()) for r in everyone):
         return []
-    head = [
-        "row",
-        *factors,
-        "applied low-level (L_mi: lower)",
-        "L_mi level bins",
-        "arrow of time (L_td: higher)",
-        "CAAM focus",
-    ]
+    head = ["row", *factors, *(h for _, h, _ in _MD_DIAG)]
     lines = [
         "Every factor's linear-probe top-1 (%) and the mechanism diagnostics (ctrlaug.diagnose, "
         "docs/diagnostics.md): decodability of the low-level transform applied to a view (mean over "
         "brightness, contrast, saturation, hue, blur; 4 equal-count bins, chance 25%) and of the L_mi "
-        "level bins, the arrow of time (%, chance 50) and the CAAM focus ratio on the moving object "
-        "(1 = no preference).",
+        "level bins, the arrow of time (%, chance 50), the CAAM focus ratio on the moving object "
+        "(1 = no preference), focus minus its shuffled-mask control, the focus rank (0.5 = no "
+        "preference, 1 = the object's region always wins; peak-independent) and its change from the "
+        "run's own starting weights, the order study's fresh probe (clips + global, chance 50) and "
+        "the run's own L_td head (chance 50). Own start: the encoder each run starts from (seed s); "
+        "random init: the mean over the floor's inits (seeds s+1..s+3) per seed.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -574,7 +832,7 @@ def _factor_table(summary: dict) -> list[str]:
     for r in everyone:
         d = r.get("diag", {})
         cells = [_ms(r.get("factors", {}).get(f)) for f in factors]
-        cells += [_ms(d.get("lowlevel")), _ms(d.get("level")), _ms(d.get("arrow")), _ms(d.get("focus"), 2)]
+        cells += [_ms(d.get(k), digits) for k, _, digits in _MD_DIAG]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -650,11 +908,13 @@ def run_table(
     train_fn: TrainFn = train_and_probe,
     diagnose_fn: DiagnoseFn = diagnose_run,
     diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
+    diagnose_start_fn: DiagnoseStartFn = diagnose_own_start,
+    order_fn: OrderFn = order_run,
 ) -> dict:
-    """Run every missing (row, seed) of ``table`` (or of ``rows``) with ``train_fn``, add the
-    mechanism diagnostics (``diagnose_fn``, ``diagnose_random_fn``) to every finished run that
-    lacks them (``diagnose=True``), then write and return the summary (with the demo gate per row
-    when a ``calibration`` is given, see :func:`summarise`).
+    """Run every missing (row, seed) of ``table`` (or of ``rows``) with ``train_fn``, add whatever
+    diagnostics are missing (``diagnose=True``, :func:`add_diagnostics`: each run's diagnostics and
+    order study, the own start and the random-init floor of every seed), then write and return the
+    summary (with the demo gate per row when a ``calibration`` is given, see :func:`summarise`).
 
     The summary always lists every row of the table; rows without results show as missing.
     """
@@ -668,8 +928,8 @@ def run_table(
         r = run_one(p, table, train_fn)
         print(f"{tag}: top-1 {r['top1']:.1f}% (random init {r['random_top1']:.1f}%) in {r['wall_s']:.0f}s")
     if diagnose:
-        add_diagnostics(plans, table, out, diagnose_fn, diagnose_random_fn)
-    summary = summarise(table, seeds, out, calibration)
+        add_diagnostics(plans, table, out, diagnose_fn, diagnose_random_fn, diagnose_start_fn, order_fn)
+    summary = summarise(table, seeds, out, calibration, rows)
     paths = write_summary(summary, out, plot=plot)
     print(to_markdown(summary))
     print(f"[ctrlaug.ablate] wrote {', '.join(paths.values())}")
@@ -682,28 +942,87 @@ def _write_result(d: str, res: dict) -> None:
     write_json(path, res, indent=1)
 
 
+def _needs_diagnosis(d: dict | None) -> bool:
+    """Stored diagnostics that are absent or older than the focus rank are computed again."""
+    return not d or "focus_rank" not in d
+
+
 def add_diagnostics(
     plans: list[dict],
     table: str,
     out: str,
     diagnose_fn: DiagnoseFn = diagnose_run,
     diagnose_random_fn: DiagnoseRandomFn = diagnose_random,
+    diagnose_start_fn: DiagnoseStartFn = diagnose_own_start,
+    order_fn: OrderFn = order_run,
 ) -> None:
-    """Diagnose every finished run of ``plans`` whose ``result.json`` has no diagnostics yet
-    (``diagnose_fn``), and the random-init encoder of every seed (``diagnose_random_fn``, into
-    ``<out>/<table>/random_init/seed<k>/``); resumable."""
+    """Add whatever diagnostics are missing; resumable (every piece is written as soon as it exists).
+
+    * every finished run of ``plans``: its diagnostics (``diagnose_fn``) when its ``result.json`` has
+      none or has them from before the focus rank, and its L_td order study (``order_fn``, under
+      ``diagnostics.order``) when it has none;
+    * every seed: the own start (``diagnose_start_fn``, into :func:`own_start_dir`), done again when
+      absent, older than the focus rank or diagnosed with other encoder settings (:func:`start_key`);
+    * every seed: the random-init floor's :data:`~ctrlaug.eval.floor.FLOOR_INITS` inits
+      (``diagnose_random_fn(overrides, folder, init)``, into :func:`random_init_dir`); an old file
+      with fewer inits is topped up.
+    """
+    from ctrlaug.config import load_config
+    from ctrlaug.eval.floor import FLOOR_INITS, random_init_seed
+
     for p in plans:
         res = _load_result(p["dir"])
-        if res is not None and not res.get("diagnostics"):
+        if res is None:
+            continue
+        old = res.get("diagnostics")
+        if _needs_diagnosis(old):
             print(f"[ctrlaug.ablate] diagnosing {p['dir']}", flush=True)
-            res["diagnostics"] = diagnose_fn(p["dir"])
+            new = dict(diagnose_fn(p["dir"]))
+            if old and "order" in old and "order" not in new:
+                new["order"] = old["order"]
+            res["diagnostics"] = new
+            _write_result(p["dir"], res)
+        if "order" not in res["diagnostics"]:
+            print(f"[ctrlaug.ablate] order study of {p['dir']}", flush=True)
+            res["diagnostics"]["order"] = order_fn(p["dir"])
             _write_result(p["dir"], res)
     for seed in sorted({p["seed"] for p in plans}):
-        d = os.path.join(out, table, "random_init", f"seed{seed}")
-        if _load_result(d) is None:
-            first = next(p for p in plans if p["seed"] == seed)
-            print(f"[ctrlaug.ablate] diagnosing the random-init encoder of seed {seed}", flush=True)
-            _write_result(d, {"seed": seed, "diagnostics": diagnose_random_fn(first["overrides"], d)})
+        seed_plans = [p for p in plans if p["seed"] == seed]
+        first = seed_plans[0]
+        key = start_key(load_config(None, first["overrides"]))
+        d = own_start_dir(out, table, seed)
+        rec = _load_result(d)
+        if rec is None or rec.get("key") != key or _needs_diagnosis(rec.get("diagnostics")):
+            other = [
+                p["row"].label for p in seed_plans if start_key(load_config(None, p["overrides"])) != key
+            ]
+            if other:
+                print(f"[ctrlaug.ablate] note: {', '.join(other)} start from other encoder settings than "
+                      f"{first['row'].label}; their own-start differences are left out")  # fmt: skip
+            print(f"[ctrlaug.ablate] diagnosing the own start of seed {seed}", flush=True)
+            diag = diagnose_start_fn(first["overrides"], d)
+            _write_result(d, {"seed": seed, "key": key, "built_as": _BUILT_AS, "diagnostics": diag})
+        d = random_init_dir(out, table, seed)
+        inits = _floor_inits(_load_result(d))
+        for i in range(FLOOR_INITS):
+            if i < len(inits) and not _needs_diagnosis(inits[i]):
+                continue
+            print(f"[ctrlaug.ablate] diagnosing random init {i} of seed {seed}", flush=True)
+            diag = diagnose_random_fn(first["overrides"], d, i)
+            inits[i : i + 1] = [diag]
+            _write_result(
+                d,
+                {
+                    "seed": seed,
+                    "init_seeds": [random_init_seed(seed, j) for j in range(len(inits))],
+                    "diagnostics": inits[0],  # init 0: the probe's random-init encoder, as before
+                    "inits": inits,
+                    "floor": floor_of(inits),
+                },
+            )
+
+
+_BUILT_AS = "torch.manual_seed(seed); build_objective(cfg).encoder (as Trainer._build, before any step)"
 
 
 def config_file_overrides(path: str) -> list[str]:

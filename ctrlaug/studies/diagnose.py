@@ -77,6 +77,7 @@ from ctrlaug.models import normalize_input, pool, to_unit
 from ctrlaug.reports import write_json
 from ctrlaug.utils.progress import Progress
 from ctrlaug.utils.provenance import provenance
+from ctrlaug.utils.safeio import check_output_dir
 from ctrlaug.utils.threads import one_thread
 
 __all__ = [
@@ -94,6 +95,7 @@ __all__ = [
     "reversal_decodability",
     "masks_to_grid",
     "focus_ratio",
+    "focus_rank",
     "diagnose",
 ]
 
@@ -279,6 +281,51 @@ def focus_ratio(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tens
     return {"ratio": ratio.where(~bad, nan), "inside": inside.where(~bad, nan), "area": area}
 
 
+#: Relative tolerance under which two focus ratios of one map count as a tie in :func:`focus_rank`.
+RANK_TIE_RTOL = 1e-9
+
+
+def focus_rank(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Peak-independent foreground focus, per clip: the *focus rank*.
+
+    For clip i (map M_i, object coverage c_i), the fraction of the OTHER clips' masks c_j (j != i)
+    under which the focus ratio r(M_i, c_j) (:func:`focus_ratio`: energy share per unit of mask
+    area) is below r(M_i, c_i); ties (relative difference <= :data:`RANK_TIE_RTOL`) count one half.
+    0.5 = no preference for the object's region, 1 = it carries more energy per area than every
+    other object-shaped region. It depends on the order of the map's regions, not on how peaked
+    the map is. Masks c_j with no area are left out of clip i's comparison.
+
+    Args:
+        maps: float [N, ...] non-negative maps (negatives clipped to 0), N >= 2.
+        masks: float [N, ...] of the same shape, the objects' coverage of each cell in [0, 1].
+
+    Returns float [N]: NaN where r(M_i, c_i) is not finite (all-zero map, empty own mask) or no
+    other mask has an area. All N x N ratios at once, in float64.
+    """
+    if maps.shape != masks.shape or maps.dim() < 2:
+        raise ValueError(
+            f"focus_rank: maps and masks must have the same [N, ...] shape, got "
+            f"{tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
+    n = maps.shape[0]
+    if n < 2:
+        raise ValueError(f"focus_rank needs at least 2 clips, got {n}")
+    m = maps.double().clamp_min(0).flatten(1)
+    a = masks.double().flatten(1)
+    energy, area = m.sum(1), a.mean(1)  # [N] per map, [N] per mask
+    share = (m @ a.T) / energy.where(energy > 0, torch.ones_like(energy))[:, None]  # [i, j]
+    r = share / area.where(area > 0, torch.ones_like(area))[None, :]
+    usable = (energy > 0)[:, None] & (area > 0)[None, :]
+    own = r.diagonal()
+    other = usable & ~torch.eye(n, dtype=torch.bool)
+    tie = (r - own[:, None]).abs() <= RANK_TIE_RTOL * torch.maximum(r.abs(), own.abs()[:, None])
+    score = torch.where(tie, 0.5, (r < own[:, None]).double()) * other
+    count = other.sum(1)
+    rank = score.sum(1) / count.clamp_min(1)
+    ok = usable.diagonal() & (count > 0)
+    return rank.where(ok, torch.full_like(rank, math.nan)).float()
+
+
 def lowlevel_descriptor(x: torch.Tensor) -> torch.Tensor:
     """A purely low-level, hand-made description of clips: float [N, 3, F, H, W] in [0, 1] ->
     float [N, 11]: per-channel mean and standard deviation (6), mean and standard deviation of the
@@ -443,7 +490,7 @@ def diagnose(
 
     Returns a JSON-able dict: ``level`` ({component: {top1, train_top1, chance}} plus
     ``mean_top1``/``mean_chance``), ``arrow`` ({top1, train_top1, chance}), ``focus`` ({ratio,
-    ratio_std, inside, area, clips, grid}), ``factors`` ({factor: {linear, linear_train, knn,
+    ratio_std, inside, area, clips, grid, control, rank, rank_std}), ``factors`` ({factor: {linear, linear_train, knn,
     chance}}), the setting and ``seconds``. Accuracies and shares are in %.
     """
     t0 = time.perf_counter()
@@ -478,6 +525,8 @@ def diagnose(
     ok = torch.isfinite(foc["ratio"])
     ctrl = focus_ratio(te["maps"], cover[shuffled_pairing(len(cover), seed)])["ratio"]
     ctrl = ctrl[torch.isfinite(ctrl)]
+    rank = focus_rank(te["maps"], cover) if len(cover) > 1 else torch.full((len(cover),), math.nan)
+    rank = rank[torch.isfinite(rank)]
     res = {
         "benchmark": "shapes",
         "config_dataset": getattr(cfg, "dataset", "shapes"),
@@ -503,6 +552,10 @@ def diagnose(
             # the same maps scored against another clip's object mask: what a positional prior
             # alone gives (1 when maps ignore where objects usually are)
             "control": float(ctrl.mean()) if len(ctrl) else None,
+            # peak-independent: how often the object's region beats other objects' regions on
+            # energy per area (0.5 = no preference, 1 = always); see focus_rank
+            "rank": float(rank.mean()) if len(rank) else None,
+            "rank_std": float(rank.std()) if len(rank) > 1 else None,
         },
         "factors": factors,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -591,7 +644,7 @@ def summary_line(res: dict) -> str:
         f"diagnose: level {lv['mean_top1']:.1f}% (chance {lv['mean_chance']:.1f}) | applied low-level "
         f"{lv['applied']['mean_top1']:.1f}% (chance {lv['applied']['mean_chance']:.1f}) | arrow "
         f"{res['arrow']['top1']:.1f}% (chance 50) | focus {_fmt(fo['ratio'], 2)} "
-        f"(shuffled-mask control {_fmt(fo.get('control'), 2)}) | "
+        f"(shuffled-mask control {_fmt(fo.get('control'), 2)}, rank {_fmt(fo.get('rank'), 2)}) | "
         + " ".join(f"{k} {v['linear']:.1f}/{v['knn']:.1f}" for k, v in res["factors"].items())
         + f" (linear/knn %) | {res['seconds']:.1f} s"
     )
@@ -647,6 +700,10 @@ def to_markdown(res: dict) -> str:
         f"{'x'.join(map(str, fo['grid']))} feature grid; shuffled-mask control (each map against "
         f"another clip's mask) {_fmt(fo.get('control'), 3)}",
         "",
+        f"focus rank {_fmt(fo.get('rank'), 3)} (std {_fmt(fo.get('rank_std'), 3)}): how often the object's "
+        "region carries more CAAM energy per unit of area than another clip's object region (0.5 = no "
+        "preference, 1 = always; independent of how peaked the map is)",
+        "",
         "## Factors (one centre clip per video)",
         "",
         "| factor | linear % | linear train % | kNN % | chance % |",
@@ -695,8 +752,11 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
         torch.set_num_threads(opts.threads)
     if opts.videos < 4:
         raise EvalError(f"--videos must be >= 4, got {opts.videos}")
+    if opts.out:  # an unwritable --out is one line before anything is loaded or computed
+        check_output_dir(opts.out, "--out folder")
     device = resolve_device(opts.device)
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, opts.set)
+    out = check_output_dir(opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir), "output folder")
     if opts.order:
         return _run_order(opts, enc, cfg, ckpt, device, log)
 
@@ -723,7 +783,6 @@ def run(opts: DiagnoseOptions, log=print) -> dict:
             for i in range(1, FLOOR_INITS)
         ]
         res["floor"] = floor_summary([res, *more])
-    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     stem = write_report(res, os.path.join(out, "diagnose" + ("_random" if opts.random_init else "")))
     log(summary_line(res) + f" -> {stem}.json")
     return res
@@ -893,8 +952,7 @@ def _run_order(opts: DiagnoseOptions, enc, cfg, ckpt, device, log) -> dict:
         obj.load_state_dict(load_checkpoint(ckpt)["model"])
     res = order_study(obj, cfg, videos=opts.videos, seed=opts.seed, device=device)
     res = {"checkpoint": ckpt, "random_init": bool(opts.random_init), **res}
-    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
-    os.makedirs(out, exist_ok=True)
+    out = check_output_dir(opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir), "output folder")
     path = os.path.join(out, "order" + ("_random" if opts.random_init else "") + ".json")
     write_json(path, res)
     th = res["trained_head"]
@@ -918,6 +976,7 @@ def floor_summary(results: list[dict]) -> dict:
             "arrow": r["arrow"]["top1"],
             "focus": r["focus"]["ratio"],
             "focus_control": r["focus"].get("control"),
+            "focus_rank": r["focus"].get("rank"),
         }
         out.update({f"{k}_linear": v["linear"] for k, v in r["factors"].items()})
         return out
