@@ -326,10 +326,11 @@ def build_dataset(
 ) -> VideoDataset:
     """Build a view dataset.
 
-    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "synthetic" |
-    "shapes". root: dataset root (or CSV file); ignored for "synthetic" and "shapes". split: "train" / "test" ("val" for
+    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "list" |
+    "synthetic" | "shapes". root: dataset root (or CSV / list file); ignored for "synthetic" and "shapes". split: "train" / "test" ("val" for
     Kinetics). format_kwargs: ``fold`` (ucf101, hmdb51), ``version`` and ``use_frame_range``
-    (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51).
+    (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51), ``label_offset`` and
+    ``prefix`` (list).
     """
     fmt = canonical_format(format)
     if fmt == "synthetic":
