@@ -142,7 +142,8 @@ def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ck
     """Everything the clip features of ``ds`` depend on: the encoder (architecture and a digest
     of its weights and BN statistics, so checkpoint, ``--random-init`` and ``--config`` are all
     covered), the dataset (format, root, fold, split, size, the rendered sets' and the decoder's
-    settings), the clip geometry (``--clips`` and every ``augment`` field: size, frames, crop) and
+    settings), the clip geometry (``--clips``, the set's crops and every ``augment`` field: size,
+    frames, crop) and
     the forward precision. ``cfg``: the model/data config the datasets were built from."""
     from ctrlaug.config import config_to_dict
 
@@ -163,6 +164,7 @@ def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ck
         "split": split,
         "n": len(ds),
         "clips": opts.clips,
+        "crops": int(getattr(ds, "eval_crops", 1)),
         "augment": c["augment"],
         "data": c["data"],
         "rendered": c.get(fmt),  # the synthetic / shapes settings; None for a dataset of files

@@ -56,9 +56,13 @@ def run(opts: EvalOptions, log=print) -> dict:
     fold = [f"fold={opts.fold}"] if opts.fold else []
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, fold)
     enc.to(device)
+    # --crops 3: the test clips of every protocol; for knn/retrieval the train (gallery) videos too,
+    # so both sides average the same views (linear and finetune train on centre crops, as before)
+    train_crops = opts.crops if opts.protocol in ("knn", "retrieval") else 1
     train_set, test_set = build_eval_datasets(
-        cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips
-    )
+        cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips,
+        test_crops=opts.crops, train_crops=train_crops,
+    )  # fmt: skip
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     suffix = "_random" if opts.random_init else ""
     num_classes = int(train_set.num_classes) if train_set.num_classes else 0
@@ -73,6 +77,7 @@ def run(opts: EvalOptions, log=print) -> dict:
         "num_train": len(train_set),
         "num_test": len(test_set),
         "clips": opts.clips,
+        "crops": opts.crops,
         "num_classes": num_classes,
         "precision": opts.precision,
     }
@@ -152,7 +157,7 @@ def run(opts: EvalOptions, log=print) -> dict:
     md = [
         f"# {opts.protocol} evaluation\n\n",
         f"checkpoint: `{ckpt}`{' (random init)' if opts.random_init else ''}; dataset: {res['dataset']} "
-        f"({res['num_train']} train / {res['num_test']} test videos, {opts.clips} clips)\n\n",
+        f"({res['num_train']} train / {res['num_test']} test videos, {opts.clips} clips x {opts.crops} crops)\n\n",
         "| metric | value |\n|---|---|\n",
         *(f"| {k} | {v:.2f} |\n" for k, v in metrics.items()),
     ]
