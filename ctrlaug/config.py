@@ -124,8 +124,9 @@ class ModelConfig:
 
     arch: str = opt(
         "r3d18",
-        "encoder: R3D-18 or R3D-34 (Hara et al.'s blocks, (1,2,2) max-pool for the paper's grids)",
-        choices=("r3d18", "r3d34"),
+        "encoder: R3D-18 or R3D-34 (Hara et al.'s blocks, (1,2,2) max-pool for the paper's grids); "
+        "r3d18_tv / r3d34_tv: torchvision's R3D stem (3x7x7 conv, no max-pool), loads into stock r3d_18",
+        choices=("r3d18", "r3d34", "r3d18_tv", "r3d34_tv"),
     )
     width: float = opt(0.125, "channel multiplier of the encoder (1.0 = 64..512 channels)", min=1e-3)
     global_stride1_stages: list[int] = opt(

@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", help="train / gallery split (default: config split)")
     p.add_argument("--test-split", help="test / query split (default: config eval.split)")
     p.add_argument("--clips", type=int, default=10, help="uniformly spaced clips per video (paper: 10)")
+    p.add_argument(
+        "--crops",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="crops per test clip: 1 = centre (paper), 3 = left/centre/right along the longer side; "
+        "softmax (linear, finetune) or features (knn, retrieval) averaged over clips x crops",
+    )
     p.add_argument("--epochs", type=int, default=0, help="epochs (default: linear 100, finetune 5)")
     p.add_argument(
         "--lr", type=float, default=0.0, help="learning rate (default: linear 1e-2, finetune 1e-3)"

@@ -1,8 +1,9 @@
 """Export the encoder of a pretraining run for use elsewhere:
-``python -m ctrlaug.export RUN_OR_CKPT OUT [--format ctrlaug|torchvision]``.
+``python -m ctrlaug.export RUN_OR_CKPT OUT [--format ctrlaug|safetensors|torchvision|mmaction2]``.
 
-Formats: ``ctrlaug`` (default; backbone + metadata, ``ctrlaug.models.load_backbone`` reads it) and
-``torchvision`` (VideoResNet keys, R3D-18 at width 1).
+Formats: ``ctrlaug`` (default; backbone + metadata, ``ctrlaug.models.load_backbone`` reads it),
+``safetensors`` (the same in a safetensors file), ``torchvision`` (VideoResNet keys; stock
+``r3d_18()`` for ``model.arch=r3d18_tv``) and ``mmaction2`` (ResNet3d keys, ``r3d18_tv``/``r3d34_tv``).
 
 RUN_OR_CKPT is a ``ckpt_*.pt`` or a run folder (its newest checkpoint). Bad input prints one
 ``error:`` line and exits with code 2. See docs/evaluation.md, "Using the encoder elsewhere".
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fmt",
         choices=FORMATS,
         default="ctrlaug",
-        help="ctrlaug: backbone + metadata (default); torchvision: VideoResNet keys (r3d18, width 1)",
+        help="ctrlaug: backbone + metadata (default); safetensors: the same as a .safetensors file; "
+        "torchvision: VideoResNet keys (stock r3d_18 for r3d18_tv; width 1); "
+        "mmaction2: ResNet3d keys under backbone. (r3d18_tv/r3d34_tv, width 1)",
     )
     p.add_argument("--config", help="model config YAML (default: the checkpoint's own)")
     return p

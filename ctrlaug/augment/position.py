@@ -219,9 +219,16 @@ def sample_views(
     )
 
 
-def sample_eval_views(num_frames: int, height: int, width: int, *, cfg: AugmentConfig | None = None) -> Views:
+def sample_eval_views(
+    num_frames: int, height: int, width: int, *, cfg: AugmentConfig | None = None, crops: int = 1
+) -> Views:
     """Deterministic evaluation views (paper §4.2): ``eval_clips`` uniformly spaced 16-frame clips,
     centre square crop of side ``eval_crop * min(H, W)``, no flip.
+
+    ``crops=3`` (the field's 3-crop test; not the paper's): each clip is taken at three square
+    crops of that side -- left/centre/right along the longer side (top/centre/bottom for a portrait
+    video), centred along the shorter one -- giving ``eval_clips * 3`` views, clip-major (clip 0's
+    three crops first).
 
     Returns :class:`Views` whose ``clip_boxes`` [N, 7] / ``clip_frames`` [N, L] are the N clips; the
     global entries describe the whole video (16 segment-middle frames, same centre crop) so that the
@@ -232,9 +239,17 @@ def sample_eval_views(num_frames: int, height: int, width: int, *, cfg: AugmentC
     if T < 1 or H < 1 or W < 1:
         raise ValueError(f"sample_eval_views needs num_frames, height, width >= 1, got {(T, H, W)}")
     L, N = cfg.clip_frames, cfg.eval_clips
+    if crops not in (1, 3):
+        raise ValueError(f"sample_eval_views: crops must be 1 or 3, got {crops!r}")
     side = cfg.eval_crop * min(H, W)
     hn, wn = side / H, side / W
     y0, x0 = (1 - hn) / 2, (1 - wn) / 2
+    if crops == 1:
+        offsets = [(y0, x0)]
+    elif W >= H:  # left, centre, right
+        offsets = [(y0, 0.0), (y0, x0), (y0, 1 - wn)]
+    else:  # top, centre, bottom
+        offsets = [(0.0, x0), (y0, x0), (1 - hn, x0)]
     step = cfg.clip_step
     while step > 1 and (L - 1) * step + 1 > T:
         step -= 1
@@ -248,12 +263,13 @@ def sample_eval_views(num_frames: int, height: int, width: int, *, cfg: AugmentC
             a = round(n * (T - span) / (N - 1)) if N > 1 else (T - span) // 2
             fr = [a + step * i for i in range(L)]
             t0, t1 = a / T, (a + span) / T
-        boxes.append([t0, t1, y0, y0 + hn, x0, x0 + wn, 0.0])
-        frames.append(fr)
+        for cy, cx in offsets:
+            boxes.append([t0, t1, cy, cy + hn, cx, cx + wn, 0.0])
+            frames.append(fr)
     g_frames = _global_indices(T, cfg.global_frames, False, None)
     return Views(
         torch.tensor([0.0, 1.0, y0, y0 + hn, x0, x0 + wn, 0.0], dtype=torch.float32),
         torch.tensor(g_frames, dtype=torch.int64),
-        torch.tensor(boxes, dtype=torch.float32).reshape(N, 7),
-        torch.tensor(frames, dtype=torch.int64).reshape(N, L),
+        torch.tensor(boxes, dtype=torch.float32).reshape(N * len(offsets), 7),
+        torch.tensor(frames, dtype=torch.int64).reshape(N * len(offsets), L),
     )

@@ -93,6 +93,7 @@ class VideoDataset(Dataset):
     """
 
     mirror_changes_labels: bool = False
+    eval_crops: int = 1  # eval mode: 1 = centre crop, 3 = left/centre/right (sample_eval_views)
     primary_factor: str = "class"  # the factor the probes call primary (see factor_labels)
 
     def __init__(
@@ -175,7 +176,7 @@ class VideoDataset(Dataset):
                     views = sample_views(T, r.height, r.width, cfg=self.augment, generator=generator)
                     boxes, frames = views.boxes, views.frames
                 else:
-                    views = sample_eval_views(T, r.height, r.width, cfg=self.augment)
+                    views = sample_eval_views(T, r.height, r.width, cfg=self.augment, crops=self.eval_crops)
                     boxes, frames = views.clip_boxes, views.clip_frames
             except ValueError as e:  # short_video="skip"
                 raise BadVideoError(rec.path, str(e)) from None
@@ -326,10 +327,11 @@ def build_dataset(
 ) -> VideoDataset:
     """Build a view dataset.
 
-    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "synthetic" |
-    "shapes". root: dataset root (or CSV file); ignored for "synthetic" and "shapes". split: "train" / "test" ("val" for
+    format: "ucf101" | "hmdb51" | "kinetics400" | "diving48" | "folder" | "csv" | "list" |
+    "synthetic" | "shapes". root: dataset root (or CSV / list file); ignored for "synthetic" and "shapes". split: "train" / "test" ("val" for
     Kinetics). format_kwargs: ``fold`` (ucf101, hmdb51), ``version`` and ``use_frame_range``
-    (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51).
+    (diving48), ``annotation`` (kinetics400), ``split_dir`` (ucf101, hmdb51), ``label_offset`` and
+    ``prefix`` (list).
     """
     fmt = canonical_format(format)
     if fmt == "synthetic":

@@ -48,9 +48,11 @@ REGISTRY: tuple[DatasetFormat, ...] = (
         lr_decay_fraction=0.7,
     ),
     DatasetFormat("diving48", ("diving", "diving-48")),
-    # folder and csv splits are whatever the root holds (records.format_splits looks on disk)
+    # folder, csv and list splits are whatever the root holds (records.format_splits looks on disk)
     DatasetFormat("folder", ("generic",), splits=("train", "val", "test")),
     DatasetFormat("csv", splits=("train", "val", "test")),
+    # headerless 'path label' / 'dir num_frames label' lists (MMAction2, PyTorchVideo, VideoMAE)
+    DatasetFormat("list", ("txt",), splits=("train", "val", "test")),
 )
 
 _BY_NAME = {n: f for f in REGISTRY for n in f.names}

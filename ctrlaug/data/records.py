@@ -33,6 +33,7 @@ __all__ = [
     "diving48_records",
     "folder_records",
     "csv_records",
+    "list_records",
 ]
 
 log = logging.getLogger("ctrlaug.data")
@@ -513,6 +514,126 @@ def csv_records(root: str, split: str | None = "train") -> RecordList:
     return RecordList(records, classes, missing, fmt)
 
 
+LIST_LAYOUT = (
+    "headerless lines 'path label' (a video file) or 'dir num_frames label' (a frame folder), "
+    "separated by spaces or tabs, as MMAction2 / PyTorchVideo / VideoMAE write them; integer labels "
+    "(0-based, or 1-based: detected, or give label_offset); '#' lines and blank lines skipped; relative "
+    "paths resolve against the list's folder, then its videos/ and rawframes/ subfolders. ROOT is the "
+    "list file or a folder holding <split>.txt; an optional classes.txt beside it names the classes"
+)
+
+
+def _list_file(root: str, split: str | None) -> str:
+    if os.path.isfile(root):
+        return root
+    _need_dir(root, "list", "dataset root (a list file or a folder with <split>.txt)")
+    path = os.path.join(root, f"{split or 'train'}.txt")
+    if not os.path.isfile(path):
+        raise DatasetFormatError(f"list: list not found: expected {path}\nformat: {LIST_LAYOUT}")
+    return path
+
+
+def _parse_list(path: str) -> list[tuple[int, str, int | None, int]]:
+    """(line number, path, num_frames or None, raw label) of every entry of a list file; a
+    :class:`DatasetFormatError` naming the file and line for a malformed one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetFormatError(f"{path}: cannot read the list: {e}".splitlines()[0]) from None
+    out, ncols = [], None
+    for n, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if n == 1 and parts[0].lower() in ("path", "filename", "video", "frame_dir") and len(parts) <= 3:
+            raise DatasetFormatError(
+                f"{path}:1: looks like a header ({line.strip()!r}); the list format has none (use "
+                "dataset=csv for a CSV with a header)"
+            )
+        if len(parts) not in (2, 3):
+            raise DatasetFormatError(
+                f"{path}:{n}: expected 'path label' or 'dir num_frames label', got {len(parts)} fields "
+                f"({line.strip()[:80]!r}; paths with spaces are not supported)"
+            )
+        if ncols is not None and len(parts) != ncols:
+            raise DatasetFormatError(
+                f"{path}:{n}: {len(parts)} fields where the lines above have {ncols} "
+                "(one list holds either videos or frame folders)"
+            )
+        ncols = len(parts)
+        try:
+            label = int(parts[-1])
+        except ValueError:
+            raise DatasetFormatError(f"{path}:{n}: label must be an integer, got {parts[-1]!r}") from None
+        frames = None
+        if len(parts) == 3:
+            try:
+                frames = int(parts[1])
+            except ValueError:
+                frames = -1
+            if frames <= 0:
+                raise DatasetFormatError(
+                    f"{path}:{n}: num_frames must be a positive integer, got {parts[1]!r}"
+                )
+        out.append((n, parts[0], frames, label))
+    return out
+
+
+def list_records(
+    root: str, split: str | None = "train", label_offset: int | None = None, prefix: str | None = None
+) -> RecordList:
+    """A headerless ``path label`` / ``dir num_frames label`` list (see :data:`LIST_LAYOUT`).
+
+    ``label_offset`` is subtracted from every label: None = detected (1 when no list of the dataset
+    -- the file, or the folder's train/val/test.txt -- has a label 0 and their smallest is 1, else
+    0). ``prefix``: the folder relative paths resolve against (default: the list's folder,
+    then its ``videos/`` and ``rawframes/``)."""
+    fmt = "list"
+    path = _list_file(root, split)
+    entries = _parse_list(path)
+    if not entries:
+        raise DatasetFormatError(f"{path}: the list has no entries\nformat: {LIST_LAYOUT}")
+    base = os.path.dirname(os.path.abspath(path))
+    if label_offset is None:
+        lists = [path]
+        if not os.path.isfile(root):  # every split list of the folder: a split may lack class 0
+            lists += [os.path.join(root, f"{s}.txt") for s in get_format(fmt).splits]
+            lists = [p for p in dict.fromkeys(lists) if os.path.isfile(p)]
+        labels = [e[3] for p in lists for e in (entries if p == path else _parse_list(p))]
+        label_offset = 1 if min(labels) == 1 else 0
+        if label_offset:
+            log.info("%s: labels start at 1 (no label 0 in %d list(s)): label_offset=1", path, len(lists))
+    cls_file = os.path.join(base, "classes.txt")
+    classes: list[str] = []
+    if os.path.isfile(cls_file):
+        with open(cls_file, encoding="utf-8") as f:
+            classes = [ln.strip() for ln in f if ln.strip()]
+    dirs = [prefix] if prefix else [base, os.path.join(base, "videos"), os.path.join(base, "rawframes")]
+    records, missing = [], []
+    for n, rel, frames, raw in entries:
+        label = raw - label_offset
+        if label < 0 or (classes and label >= len(classes)):
+            where = f" of the {len(classes)} in {cls_file}" if classes else ""
+            raise DatasetFormatError(
+                f"{path}:{n}: label {raw} with label_offset {label_offset} is not a class index{where}"
+            )
+        if os.path.isabs(rel):
+            p = rel if os.path.exists(rel) else None
+        elif frames is not None:
+            p = next((os.path.join(d, rel) for d in dirs if os.path.isdir(os.path.join(d, rel))), None)
+        else:
+            p = _resolve_video(dirs, rel)
+        if p is None:
+            missing.append((rel, f"listed in {path}:{n} but not found"))
+            continue
+        records.append(VideoRecord(p, label, end_frame=frames))
+    if not classes:
+        classes = [str(i) for i in range(max((r.label for r in records), default=-1) + 1)]
+    _warn_missing(fmt, missing)
+    return RecordList(records, classes, missing, fmt)
+
+
 FORMATS = {
     "ucf101": ucf101_records,
     "hmdb51": hmdb51_records,
@@ -520,6 +641,7 @@ FORMATS = {
     "diving48": diving48_records,
     "folder": folder_records,
     "csv": csv_records,
+    "list": list_records,
 }
 RENDERED = rendered_names()  # rendered on the fly, no files (ctrlaug.data.build_dataset)
 
@@ -530,10 +652,11 @@ def format_splits(fmt: str, root: str) -> list[str | None]:
     if f.name == "folder":
         subs = [d for d in f.splits if os.path.isdir(os.path.join(root, d))]
         return subs or [None]
-    if f.name == "csv":
+    if f.name in ("csv", "list"):
+        ext = ".csv" if f.name == "csv" else ".txt"
         if os.path.isfile(root):
             return [None]
-        return [s for s in f.splits if os.path.isfile(os.path.join(root, f"{s}.csv"))] or ["train"]
+        return [s for s in f.splits if os.path.isfile(os.path.join(root, f"{s}{ext}"))] or ["train"]
     return list(f.splits)
 
 
@@ -546,4 +669,6 @@ def load_records(fmt: str, root: str, split: str | None = "train", **kwargs) -> 
     root = os.fspath(root)
     if f == "csv" and os.path.isfile(root):
         return csv_records(root, split)
+    if f == "list" and os.path.isfile(root):
+        return list_records(root, split, **kwargs)
     return FORMATS[f](root, split, **kwargs)  # type: ignore[operator]

@@ -21,11 +21,15 @@ def build_eval_datasets(
     dataset: str | None = None,
     data_root: str | None = None,
     eval_clips: int = 10,
+    test_crops: int = 1,
+    train_crops: int = 1,
 ):
-    """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, centre crop."""
+    """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, each at the centre
+    crop (``*_crops=1``) or at left/centre/right crops (3; see ``sample_eval_views``)."""
     c = _eval_config(cfg, dataset, data_root, eval_clips)
     tr = _build(c, train_split or cfg.split, "eval")
     te = _build(c, test_split or cfg.eval.split, "eval")
+    tr.eval_crops, te.eval_crops = train_crops, test_crops
     if len(tr) == 0 or len(te) == 0:
         raise EvalError(f"dataset {c.dataset!r} has an empty split ({len(tr)} train, {len(te)} test)")
     return tr, te

@@ -16,13 +16,14 @@ import sys
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ctrlaug.data import collate_views
 from ctrlaug.eval.options import EvalOptions
 from ctrlaug.models import pool, prepare_input
 from ctrlaug.utils.atomic import atomic_open
 from ctrlaug.utils.checkpoint import UnsafeFileError, safe_load
+from ctrlaug.utils.dist import all_gather_object, is_dist, rank, world_size
 from ctrlaug.utils.progress import Progress
 
 __all__ = [
@@ -82,8 +83,14 @@ def extract_clip_features(
     *,
     precision: str = "fp32",
     progress: str | None = None,
+    shard: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every clip of an eval-mode dataset, on the encoder's device.
+
+    ``shard=True`` under torchrun (an initialised process group of more than one process): rank r
+    computes the videos r, r + W, r + 2W, ... and the parts are gathered once
+    (``all_gather_object``), so every rank returns the features of every video, in dataset order.
+    Every rank must call it (a collective); without a process group it is the one-process path.
 
     Returns (features float32 [N videos, V clips, C] on the CPU, labels int64 [N]); with ``head``
     (on the same device), ``head(features)`` instead, e.g. a classifier's logits [N, V, K]. The
@@ -92,6 +99,8 @@ def extract_clip_features(
     (features still returned as float32); ``fp32`` (default) is plain float32. ``progress``: a
     label to show a progress bar (:class:`ctrlaug.utils.progress.Progress`) on stderr.
     """
+    if shard and is_dist():
+        return _sharded(encoder, dataset, batch_size, num_workers, head, precision, progress)
     was = encoder.training
     encoder.eval()
     dev = next(encoder.parameters()).device
@@ -114,6 +123,32 @@ def extract_clip_features(
         if bar:
             bar.close()
     return torch.cat(feats), torch.cat(labels)
+
+
+def _sharded(encoder, dataset, batch_size, num_workers, head, precision, progress):
+    """Rank r's strided share of ``dataset``, then one gather of every rank's (features, labels)."""
+    r, w, n = rank(), world_size(), len(dataset)
+    mine = list(range(r, n, w))
+    if mine:
+        f, y = extract_clip_features(
+            encoder,
+            Subset(dataset, mine),
+            batch_size,
+            num_workers,
+            head,
+            precision=precision,
+            progress=progress if r == 0 else None,
+        )
+    else:
+        f, y = None, None
+    parts = all_gather_object((f, y))
+    shape = next(p[0].shape[1:] for p in parts if p[0] is not None)
+    feats = torch.empty((n, *shape), dtype=torch.float32)
+    labels = torch.empty(n, dtype=torch.int64)
+    for k, (pf, py) in enumerate(parts):
+        if pf is not None:
+            feats[k::w], labels[k::w] = pf, py
+    return feats, labels
 
 
 def extract_features(
@@ -142,7 +177,8 @@ def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ck
     """Everything the clip features of ``ds`` depend on: the encoder (architecture and a digest
     of its weights and BN statistics, so checkpoint, ``--random-init`` and ``--config`` are all
     covered), the dataset (format, root, fold, split, size, the rendered sets' and the decoder's
-    settings), the clip geometry (``--clips`` and every ``augment`` field: size, frames, crop) and
+    settings), the clip geometry (``--clips``, the set's crops and every ``augment`` field: size,
+    frames, crop) and
     the forward precision. ``cfg``: the model/data config the datasets were built from."""
     from ctrlaug.config import config_to_dict
 
@@ -163,6 +199,7 @@ def feature_cache_key(enc: nn.Module, cfg, ds, split: str, opts: EvalOptions, ck
         "split": split,
         "n": len(ds),
         "clips": opts.clips,
+        "crops": int(getattr(ds, "eval_crops", 1)),
         "augment": c["augment"],
         "data": c["data"],
         "rendered": c.get(fmt),  # the synthetic / shapes settings; None for a dataset of files
@@ -193,8 +230,9 @@ def cached_features(
         num_workers=opts.workers,
         precision=opts.precision,
         progress=f"features {split}" if opts.progress else None,
+        shard=True,  # under torchrun each rank computes its share; one process: unchanged
     )
-    if path:
+    if path and rank() == 0:
         os.makedirs(cache_dir, exist_ok=True)
         with atomic_open(path, "wb") as fh:
             torch.save({"key": key, "feats": f, "labels": y}, fh)

@@ -27,6 +27,7 @@ class EvalOptions:
     train_split: str | None = None  # default: config split
     test_split: str | None = None  # default: config eval.split
     clips: int = 10  # uniformly spaced clips per video
+    crops: int = 1  # spatial crops per clip at test time: 1 (centre) or 3 (left/centre/right)
     epochs: int = 0  # linear 100, finetune 5
     lr: float = 0.0  # linear 1e-2, finetune 1e-3
     batch_size: int = 4
@@ -54,3 +55,5 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise EvalError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.crops not in (1, 3):
+            raise EvalError(f"--crops must be 1 or 3, got {self.crops!r}")

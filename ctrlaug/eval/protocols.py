@@ -39,6 +39,8 @@ from ctrlaug.eval.linear import evaluate_clips, fit_linear_clips
 from ctrlaug.eval.metrics import classification_metrics, knn_votes, retrieval_recall, video_metrics
 from ctrlaug.eval.options import PROTOCOLS, EvalOptions
 from ctrlaug.reports import write_report
+from ctrlaug.utils.dist import init_distributed
+from ctrlaug.utils.dist import rank as dist_rank
 from ctrlaug.utils.provenance import provenance
 
 __all__ = ["PROTOCOLS", "build_eval_datasets", "EvalOptions", "run", "run_folds", "parse_folds"]
@@ -53,12 +55,22 @@ def run(opts: EvalOptions, log=print) -> dict:
         torch.set_num_threads(opts.threads)
     device = resolve_device(opts.device)
     _check_precision(opts.precision, device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: shard feature extraction over ranks
+        if opts.protocol == "finetune":
+            raise EvalError("finetune runs in one process; start it without torchrun")
+        _, _, local_rank = init_distributed(device.type)
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
     fold = [f"fold={opts.fold}"] if opts.fold else []
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, fold)
     enc.to(device)
+    # --crops 3: the test clips of every protocol; for knn/retrieval the train (gallery) videos too,
+    # so both sides average the same views (linear and finetune train on centre crops, as before)
+    train_crops = opts.crops if opts.protocol in ("knn", "retrieval") else 1
     train_set, test_set = build_eval_datasets(
-        cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips
-    )
+        cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips,
+        test_crops=opts.crops, train_crops=train_crops,
+    )  # fmt: skip
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     suffix = "_random" if opts.random_init else ""
     num_classes = int(train_set.num_classes) if train_set.num_classes else 0
@@ -73,6 +85,7 @@ def run(opts: EvalOptions, log=print) -> dict:
         "num_train": len(train_set),
         "num_test": len(test_set),
         "clips": opts.clips,
+        "crops": opts.crops,
         "num_classes": num_classes,
         "precision": opts.precision,
     }
@@ -146,13 +159,15 @@ def run(opts: EvalOptions, log=print) -> dict:
             )
             res.update({"k": opts.k, "t": opts.t})
     res["seconds"] = round(time.perf_counter() - t0, 2)
+    if dist_rank() != 0:  # every rank holds the same gathered features and result; rank 0 reports
+        return res
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"eval_{opts.protocol}{suffix}")
     metrics = {k: v for k, v in res.items() if isinstance(v, float) and k not in ("seconds", "t", "dropout")}
     md = [
         f"# {opts.protocol} evaluation\n\n",
         f"checkpoint: `{ckpt}`{' (random init)' if opts.random_init else ''}; dataset: {res['dataset']} "
-        f"({res['num_train']} train / {res['num_test']} test videos, {opts.clips} clips)\n\n",
+        f"({res['num_train']} train / {res['num_test']} test videos, {opts.clips} clips x {opts.crops} crops)\n\n",
         "| metric | value |\n|---|---|\n",
         *(f"| {k} | {v:.2f} |\n" for k, v in metrics.items()),
     ]
@@ -200,6 +215,8 @@ def run_folds(opts: EvalOptions, log=print) -> dict:
         log(f"fold {f} of {','.join(map(str, folds))}")
         one = dataclasses.replace(opts, folds=None, fold=f, out=os.path.join(out, f"fold{f}"))
         per_fold[f] = run(one, log)
+    if dist_rank() != 0:  # under torchrun rank 0 writes the reports
+        return {"per_fold": per_fold}
     skip = ("seconds", "t", "dropout")
     names = [k for k, v in per_fold[folds[0]].items() if isinstance(v, float) and k not in skip]
     summary: dict = {

@@ -23,6 +23,13 @@ strided stages set to 1 for that call only: ``encoder(x, stride1_stages=(3, 4))`
 gives T_v = 2 (Table 4). The strides are arguments of ``forward``, not module state, so one
 module serves both paths, under DDP and torch.compile alike.
 
+``stem="tv"`` (``model.arch=r3d18_tv`` / ``r3d34_tv``; not the paper's) swaps Hara's stem for
+torchvision's own R3D stem, a 3x7x7 conv (stride (1, 2, 2), padding (1, 3, 3)) + BN + ReLU and no
+max-pool, so the weights load into stock ``torchvision.models.video.r3d_18()`` (and MMAction2's
+``ResNet3d`` configured to match, see :mod:`ctrlaug.models.backbone`). Without the max-pool every
+spatial grid is twice as large: a 16x112x112 clip gives 2x7x7 instead of 2x4x4 (about 4x the
+compute in layers 1-4). The keys (``conv1``, ``bn1``, ``stages...``) are the same for both stems.
+
 ``width`` multiplies every channel count (``width=1/8`` gives 8-16-32-64 channels, a model that
 trains on a 2-core CPU in minutes).
 
@@ -44,6 +51,8 @@ import torch.nn.functional as F
 __all__ = [
     "R3D",
     "BLOCKS",
+    "ARCHS",
+    "STEMS",
     "stage_channels",
     "normalize_input",
     "to_unit",
@@ -79,6 +88,9 @@ def prepare_input(x: torch.Tensor) -> torch.Tensor:
 
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+STEMS = ("hara", "tv")
+# model.arch -> (depth, stem); the Hara stem (the paper's) is the default
+ARCHS = {"r3d18": (18, "hara"), "r3d34": (34, "hara"), "r3d18_tv": (18, "tv"), "r3d34_tv": (34, "tv")}
 _BASE = (64, 128, 256, 512)
 STRIDED_STAGES = (2, 3, 4)  # the stages whose temporal stride is 2 on the clip path
 
@@ -131,6 +143,8 @@ class R3D(nn.Module):
             one for DDP with ``sync_bn``).
         spatial_stride1_stages: stages among (2, 3, 4) built with spatial stride 1 (temporal stride
             kept); empty = Hara's layout.
+        stem: ``"hara"`` (7x7x7 conv + 3x3x3 max-pool, the paper's) or ``"tv"`` (torchvision's R3D
+            stem: 3x7x7 conv, no max-pool).
     """
 
     def __init__(
@@ -140,8 +154,11 @@ class R3D(nn.Module):
         in_channels: int = 3,
         norm: type[nn.Module] = nn.BatchNorm3d,
         spatial_stride1_stages: Sequence[int] = (),
+        stem: str = "hara",
     ):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"R3D stem must be one of {STEMS}, got {stem!r}")
         if depth not in BLOCKS:
             raise ValueError(f"R3D depth must be one of {sorted(BLOCKS)}, got {depth!r}")
         bad = [s for s in spatial_stride1_stages if s not in STRIDED_STAGES]
@@ -149,13 +166,20 @@ class R3D(nn.Module):
             raise ValueError(
                 f"spatial_stride1_stages must be among {STRIDED_STAGES}, got {tuple(spatial_stride1_stages)}"
             )
-        self.depth, self.width = depth, width
+        self.depth, self.width, self.stem = depth, width, stem
         self.spatial_stride1_stages = tuple(sorted(set(spatial_stride1_stages)))
         chans = stage_channels(width)
         self.out_channels = chans[-1]
-        self.conv1 = nn.Conv3d(in_channels, chans[0], 7, stride=(1, 2, 2), padding=3, bias=False)
-        self.bn1 = norm(chans[0])
-        self.maxpool = nn.MaxPool3d(3, stride=(1, 2, 2), padding=1)
+        if stem == "hara":  # unchanged construction order: the default encoder's init stays bitwise
+            self.conv1 = nn.Conv3d(in_channels, chans[0], 7, stride=(1, 2, 2), padding=3, bias=False)
+            self.bn1 = norm(chans[0])
+            self.maxpool = nn.MaxPool3d(3, stride=(1, 2, 2), padding=1)
+        else:
+            self.conv1 = nn.Conv3d(
+                in_channels, chans[0], (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False
+            )
+            self.bn1 = norm(chans[0])
+            self.maxpool = nn.Identity()
         self.stages = nn.ModuleList()
         cin = chans[0]
         for i, (n, cout) in enumerate(zip(BLOCKS[depth], chans)):
@@ -198,7 +222,8 @@ class R3D(nn.Module):
             return (n + 2 * p - k) // s + 1
 
         h, w = down(h, 7, 2, 3), down(w, 7, 2, 3)  # conv1
-        h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)  # maxpool
+        if self.stem == "hara":
+            h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)  # maxpool
         for i in STRIDED_STAGES:
             if i not in self.spatial_stride1_stages:
                 h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
@@ -208,9 +233,10 @@ class R3D(nn.Module):
 
 
 def build_encoder(arch: str = "r3d18", width: float = 1.0, spatial_stride1_stages: Sequence[int] = ()) -> R3D:
-    """``arch`` in {"r3d18", "r3d34"}; ``width`` multiplies every channel count;
-    ``spatial_stride1_stages``: stages among (2, 3, 4) with spatial stride 1 (see ``R3D``)."""
-    depths = {"r3d18": 18, "r3d34": 34}
-    if arch not in depths:
-        raise ValueError(f"arch must be one of {sorted(depths)}, got {arch!r}")
-    return R3D(depths[arch], width, spatial_stride1_stages=spatial_stride1_stages)
+    """``arch`` in :data:`ARCHS` (``r3d18``/``r3d34``: Hara's stem; ``r3d18_tv``/``r3d34_tv``:
+    torchvision's stem); ``width`` multiplies every channel count; ``spatial_stride1_stages``:
+    stages among (2, 3, 4) with spatial stride 1 (see ``R3D``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    depth, stem = ARCHS[arch]
+    return R3D(depth, width, spatial_stride1_stages=spatial_stride1_stages, stem=stem)
