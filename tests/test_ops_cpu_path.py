@@ -25,6 +25,7 @@ def fresh_chooser(tmp_path, monkeypatch):
     monkeypatch.setenv(reg.CACHE_DIR_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(reg.CPU_ISA_ENV, raising=False)
     monkeypatch.setattr(reg, "_TRIAL_PENALTY", {})
+    monkeypatch.setattr(reg, "_load_average", lambda: 0.0)  # a quiet machine: races are cached
     reg._reset_cpu_choice()
     yield tmp_path / "cache" / "cpu_isa.json"
     reg._reset_cpu_choice()
@@ -76,7 +77,9 @@ def test_every_path_but_one_made_slow_loses_the_race(winner, fresh_chooser, monk
         pytest.skip("only one cpp path runs here: no race")
     monkeypatch.setattr(reg, "_TRIAL_PENALTY", {p: 30.0 for p in runnable if p != winner})
     assert cpu_isa_chosen() == winner
-    assert reg.cpu_isa()["auto"]["source"] == "measured"
+    auto = reg.cpu_isa()["auto"]
+    assert auto["source"] == "measured"
+    assert sorted(auto["pruned"]) == sorted(p for p in runnable if p != winner)  # raced on the slice only
     assert not fresh_chooser.exists(), "a race skewed by the test hook must not be cached"
 
 
@@ -131,6 +134,20 @@ def test_a_corrupt_or_foreign_cache_is_ignored(content, fresh_chooser):
     assert reg.cpu_isa()["auto"]["source"] == "measured"
     entries = json.loads(fresh_chooser.read_text())["entries"]  # rewritten, valid again
     assert any(e["path"] == cpu_isa_chosen() for e in entries.values())
+
+
+def test_a_race_under_load_decides_for_the_process_but_is_not_cached(fresh_chooser, monkeypatch):
+    monkeypatch.setattr(reg, "_load_average", lambda: 4.0 * (os.cpu_count() or 1))
+    chosen = cpu_isa_chosen()
+    auto = reg.cpu_isa()["auto"]
+    assert auto["source"] == "measured" and auto["cached"] is False
+    assert not fresh_chooser.exists()
+
+    def no_race(candidates):
+        raise AssertionError("the process keeps its choice: no second race")
+
+    monkeypatch.setattr(reg, "_race", no_race)
+    assert cpu_isa_chosen() == chosen
 
 
 def test_an_unwritable_cache_costs_a_race_not_a_crash(tmp_path, monkeypatch):

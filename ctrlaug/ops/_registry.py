@@ -360,16 +360,19 @@ CACHE_DIR_ENV = "CTRLAUG_CACHE_DIR"
 # The paths "auto" races (emu512 is a test path, never chosen unless forced).
 CPU_AUTO_PATHS = ("avx512", "avx2", "blas", "portable")
 # The race's problem: one training-shaped slice (12 clips x 32 cells against 4 videos x 256 cells,
-# D = 128, float32), forward with gradient then backward: 0.4 GFLOP, about 1 ms on the fastest path
-# of a quiet 2-core Zen 4, 45 ms on the portable one (which one round prunes). Two forward tasks of
-# kBM = 192 rows keep both cores of a 2-core machine busy.
+# D = 128, float32), forward with gradient then backward: 0.4 GFLOP, about 1 ms at the avx512 rate
+# the bench reports on a 2-core Zen 5 (367 GFLOP/s), 45 ms at the portable one (9 GFLOP/s), which
+# the slice prunes. Two forward tasks of kBM = 192 rows keep both cores of a 2-core machine busy.
 _TRIAL_SHAPE = (384, 1024, 128)
-_TRIAL_ROUNDS = 3  # timed rounds per path (after a warm-up on a slice); the minimum counts
-_TRIAL_PRUNE = 3.0  # a path more than this many times slower than the best in round one stops racing
+_TRIAL_SLICE = (192, 256)  # the warm-up and pruning slice (queries, keys): 1/8 of the problem
+_TRIAL_PRUNE = 6.0  # a path this many times slower than the best on the slice does not race
+_TRIAL_ROUNDS = 3  # timed rounds per racing path on the whole problem; the minimum counts
 
 # The choice "auto" made in this process (None until the first float CPU region contrast, or
 # cpu_isa / cpu_isa_chosen, needs it): {"path", "source": "measured" | "cache" | "pinned",
-# "threads", "timings_ms": {path: ms}, "cache_file"}. Kept for the process: once made it never
+# "threads", "timings_ms": {path: ms per forward+backward of the trial problem}, "pruned": [paths
+# whose time is scaled from the slice], "load_average" and "cached" (a race is cached only when the
+# 1-minute load average was at most the core count), "cache_file"}. Kept for the process: once made it never
 # changes, whatever the load or the thread count later.
 _cpu_choice: dict[str, object] | None = None
 # Test hook: {path: seconds} added to each timed round of that path (a path made slow); a race run
@@ -509,7 +512,7 @@ def _cpu_cache_key(candidates: list[str]) -> dict[str, object]:
         "extension_sha256": h.hexdigest()[:16],
         "torch": torch.__version__,
         "candidates": candidates,
-        "trial_shape": list(_TRIAL_SHAPE),
+        "trial": [list(_TRIAL_SHAPE), list(_TRIAL_SLICE), _TRIAL_PRUNE, _TRIAL_ROUNDS],
     }
 
 
@@ -546,6 +549,14 @@ def _write_cache(path: str, entries: dict[str, object]) -> None:
         pass
 
 
+def _load_average() -> float:
+    """The 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def _trial_case():
     d = _TRIAL_SHAPE[2]
     g = torch.Generator().manual_seed(0)  # never the global RNG: the race must not shift a run's draws
@@ -555,9 +566,12 @@ def _trial_case():
     return q, k, coef
 
 
-def _race(candidates: list[str]) -> dict[str, float]:
-    """Seconds per forward+backward of the trial problem for each candidate (the minimum over
-    its timed rounds); paths pruned after round one keep their round-one time. Each path runs
+def _race(candidates: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Seconds per forward+backward of the trial problem for each candidate, and the paths
+    pruned. Each path first runs a slice of the problem twice (BLAS initialisation, first-touch
+    scratch); a path whose better slice time is over ``_TRIAL_PRUNE`` times the best one's is
+    pruned (its time is then the slice time scaled to the whole problem), the others race
+    ``_TRIAL_ROUNDS`` interleaved rounds on the whole problem, the minimum counting. Each path runs
     as this thread's trial path (ctrlaug::cpu_isa_trial), so what other threads run is untouched."""
     import time
 
@@ -568,6 +582,8 @@ def _race(candidates: list[str]) -> dict[str, float]:
         torch.ops.ctrlaug.region_contrast_bwd,
         torch.ops.ctrlaug.cpu_isa_trial,
     )
+    m_slice, n_slice = _TRIAL_SLICE
+    scale = (_TRIAL_SHAPE[0] * _TRIAL_SHAPE[1]) / (m_slice * n_slice)
     with unset_fake_temporarily(), torch.inference_mode():
         q, k, coef = _trial_case()
 
@@ -581,15 +597,15 @@ def _race(candidates: list[str]) -> dict[str, float]:
             finally:
                 trial("")
 
-        for p in candidates:  # warm-up on a slice (BLAS initialisation, first-touch scratch)
-            once(p, 192, 256)
-        best = {p: once(p) for p in candidates}
-        fastest = min(best.values())
-        racing = [p for p in candidates if best[p] <= _TRIAL_PRUNE * fastest]
-        for _ in range(_TRIAL_ROUNDS - 1):
+        sliced = {p: min(once(p, m_slice, n_slice), once(p, m_slice, n_slice)) for p in candidates}
+        fastest = min(sliced.values())
+        racing = [p for p in candidates if sliced[p] <= _TRIAL_PRUNE * fastest]
+        pruned = [p for p in candidates if p not in racing]
+        best = {p: sliced[p] * scale for p in pruned}
+        for _ in range(_TRIAL_ROUNDS):
             for p in racing:
-                best[p] = min(best[p], once(p))
-    return best
+                best[p] = min(best.get(p, float("inf")), once(p))
+    return {p: best[p] for p in candidates}, pruned
 
 
 @torch.compiler.assume_constant_result  # a compiled graph sees the choice, never the race
@@ -614,14 +630,30 @@ def _ensure_cpu_choice() -> str:
         and isinstance(hit.get("timings_ms"), dict)
         and not _TRIAL_PENALTY
     ):
-        choice = {"path": hit["path"], "source": "cache", "timings_ms": hit["timings_ms"]}
+        choice = {
+            "path": hit["path"],
+            "source": "cache",
+            "timings_ms": hit["timings_ms"],
+            "pruned": hit.get("pruned", []),
+        }
     else:
-        secs = _race(candidates)
+        load = _load_average()
+        secs, pruned = _race(candidates)
         best = min(candidates, key=lambda p: (secs[p], candidates.index(p)))
         timings = {p: round(secs[p] * 1e3, 4) for p in candidates}
-        choice = {"path": best, "source": "measured", "timings_ms": timings}
-        if not _TRIAL_PENALTY:  # a race skewed by the test hook is never cached
-            entries[kid] = {"path": best, "timings_ms": timings, "key": key}
+        # A race run while other work holds the cores measures the scheduler as much as the paths:
+        # it still decides for this process, but only a quiet race is cached for the next ones.
+        quiet = load <= (os.cpu_count() or 1)
+        choice = {
+            "path": best,
+            "source": "measured",
+            "timings_ms": timings,
+            "pruned": pruned,
+            "load_average": round(load, 2),
+            "cached": quiet and not _TRIAL_PENALTY,
+        }
+        if choice["cached"]:  # a race skewed by the test hook is never cached either
+            entries[kid] = {"path": best, "timings_ms": timings, "pruned": pruned, "key": key}
             _write_cache(path, entries)
     torch.ops.ctrlaug.cpu_isa_select(choice["path"])
     choice.update(threads=key["threads"], cache_file=path)
