@@ -568,7 +568,7 @@ def _trial_case():
 
 def _race(candidates: list[str]) -> tuple[dict[str, float], list[str]]:
     """Seconds per forward+backward of the trial problem for each candidate, and the paths
-    pruned. Each path first runs a slice of the problem twice (BLAS initialisation, first-touch
+    pruned. Each path first runs a slice of the problem three times (BLAS initialisation, first-touch
     scratch); a path whose better slice time is over ``_TRIAL_PRUNE`` times the best one's is
     pruned (its time is then the slice time scaled to the whole problem), the others race
     ``_TRIAL_ROUNDS`` interleaved rounds on the whole problem, the minimum counting. Each path runs
@@ -597,7 +597,7 @@ def _race(candidates: list[str]) -> tuple[dict[str, float], list[str]]:
             finally:
                 trial("")
 
-        sliced = {p: min(once(p, m_slice, n_slice), once(p, m_slice, n_slice)) for p in candidates}
+        sliced = {p: min(once(p, m_slice, n_slice) for _ in range(3)) for p in candidates}
         fastest = min(sliced.values())
         racing = [p for p in candidates if sliced[p] <= _TRIAL_PRUNE * fastest]
         pruned = [p for p in candidates if p not in racing]
