@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -375,6 +376,7 @@ _TRIAL_ROUNDS = 3  # timed rounds per racing path on the whole problem; the mini
 # 1-minute load average was at most the core count), "cache_file"}. Kept for the process: once made it never
 # changes, whatever the load or the thread count later.
 _cpu_choice: dict[str, object] | None = None
+_cpu_choice_lock = threading.Lock()
 # Test hook: {path: seconds} added to each timed round of that path (a path made slow); a race run
 # with it is never cached.
 _TRIAL_PENALTY: dict[str, float] = {}
@@ -613,9 +615,16 @@ def _ensure_cpu_choice() -> str:
     """Make auto's choice for this process if it is not made yet (no-op while CTRLAUG_CPU_ISA
     forces a path): the cached choice for this machine, thread count and build when there is
     one, else the fastest path of a race over every path this CPU runs (``_race``), cached."""
-    global _cpu_choice
     if _cpu_choice is not None or _cpu_forced():
         return "" if _cpu_choice is None else str(_cpu_choice["path"])
+    with _cpu_choice_lock:  # two threads' first calls race once, and agree
+        return _make_cpu_choice()
+
+
+def _make_cpu_choice() -> str:
+    global _cpu_choice
+    if _cpu_choice is not None:
+        return str(_cpu_choice["path"])
     if not (_load_extension() and hasattr(torch.ops.ctrlaug, "cpu_isa_trial")):
         return ""
     paths = _cpu_isa_raw()["paths"]
