@@ -443,10 +443,12 @@ def pin_cpu_isa(name: str) -> None:
     Raises ValueError for a name that is no path (naming the paths) and RuntimeError for a path
     this CPU or build cannot run (naming why), or when the extension is not built."""
     global _cpu_choice
-    if not (_load_extension() and hasattr(torch.ops.ctrlaug, "cpu_isa_select")):
+    if not _load_extension():
         raise RuntimeError(
             f"pin_cpu_isa: the compiled extension ctrlaug._C is not available ({_ext_error}); {INSTALL_HINT}"
         )
+    if not hasattr(torch.ops.ctrlaug, "cpu_isa_select"):
+        raise RuntimeError(f"pin_cpu_isa: ctrlaug._C predates path selection; rebuild it: {INSTALL_HINT}")
     paths = _cpu_isa_raw()["paths"]
     if name not in paths:
         raise ValueError(f"pin_cpu_isa: {name!r} is not a CPU path; choose one of {', '.join(paths)}")
