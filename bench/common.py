@@ -48,6 +48,8 @@ def provenance(device: torch.device) -> dict[str, object]:
 
             isa = cpu_isa()
             info["cpp_cpu_isa"] = None if isa is None else isa["chosen"]
+            # auto's race in this process: the path, "measured" or "cache", the timings (ms)
+            info["cpp_cpu_isa_auto"] = None if isa is None else isa["auto"]
         except ImportError:
             pass
         # With glibc's dynamic mmap threshold, freed big blocks can be reused from resident heap,
@@ -134,6 +136,27 @@ def matmul_same_flops(device: torch.device, dtype: torch.dtype, flops: float):
     def run():
         for _ in range(reps):
             torch.mm(a, b, out=c)
+
+    return run, 2 * n**3 * reps
+
+
+def onednn_same_flops(dtype: torch.dtype, flops: float):
+    """The "onednn" provider: oneDNN's sgemm (torch's mkldnn linear, the kernel under
+    ``torch.utils.mkldnn``) on the same square n x n problems as ``matmul_same_flops``, operands
+    converted to oneDNN's layout once, outside the timed callable; None where torch has no oneDNN
+    (the provider is then skipped). On AMD CPUs MKL runs its AVX2 code, so this is the machine's
+    real sgemm there; the faster of the two is the benchmark's roofline."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    n = int(round((flops / 2) ** (1 / 3) / 128)) * 128
+    n = max(256, min(n, 1536))
+    reps = max(1, round(flops / (2 * n**3)))
+    a = torch.randn(n, n, dtype=dtype).to_mkldnn()
+    b = torch.randn(n, n, dtype=dtype).to_mkldnn()
+
+    def run():
+        for _ in range(reps):
+            torch._C._nn.mkldnn_linear(a, b, None)
 
     return run, 2 * n**3 * reps
 

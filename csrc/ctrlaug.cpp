@@ -10,6 +10,8 @@
 
 namespace ctrlaug::cpu {
 std::string cpu_isa_info();  // csrc/cpu/region_contrast.cpp
+void cpu_isa_select(const std::string& name);
+void cpu_isa_trial(const std::string& name);
 }
 
 extern "C" {
@@ -32,4 +34,9 @@ TORCH_LIBRARY(ctrlaug, m) {
   // The CPU region contrast's instruction-set paths as JSON (no tensors, so one kernel for every
   // device): {"chosen": path float32 runs now, "paths": {name: "ok" or why not}, "float64": ...}.
   m.def("cpu_isa_info() -> str", &ctrlaug::cpu::cpu_isa_info);
+  // Select the path auto takes in this process (ctrlaug/ops/_registry.py's measured choice), or
+  // for the calling thread only while the measurement times it; "" or "auto" clears. An unknown
+  // path, or one this CPU cannot run, is an error. CTRLAUG_CPU_ISA overrides the selection (not a trial).
+  m.def("cpu_isa_select(str name) -> ()", &ctrlaug::cpu::cpu_isa_select);
+  m.def("cpu_isa_trial(str name) -> ()", &ctrlaug::cpu::cpu_isa_trial);
 }

@@ -1,6 +1,7 @@
 // Run-time choice of the CPU region contrast's instruction-set path (csrc/cpu/rc_kernels.h).
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -76,21 +77,56 @@ bool isa_supported(Isa isa, std::string* why) {
   return no("unknown path");
 }
 
-Isa isa_chosen() {
+namespace {
+
+// The path of a name (`what` names the source in the error: the variable or the op).
+Isa parse_isa(const char* name, const char* what) {
+  for (Isa isa : all_isas()) {
+    if (std::strcmp(name, isa_name(isa)) != 0) continue;
+    std::string why;
+    TORCH_CHECK(isa_supported(isa, &why), what, "=", name, " cannot run here: ", why);
+    return isa;
+  }
+  TORCH_CHECK(false, what, "=", name, " is not a CPU path; choose one of auto, avx512, avx2, blas, portable, emu512");
+}
+
+// -1: none. g_selected is process-wide (the measured choice); t_trial is the calling thread's
+// own (the measurement times each path with it, without touching what other threads run).
+std::atomic<int> g_selected{-1};
+thread_local int t_trial = -1;
+
+int isa_slot(const std::string& name, const char* what) {
+  if (name.empty() || name == "auto") return -1;
+  return static_cast<int>(parse_isa(name.c_str(), what));
+}
+
+}  // namespace
+
+void isa_select(const std::string& name) { g_selected.store(isa_slot(name, "cpu_isa_select")); }
+
+void isa_trial(const std::string& name) { t_trial = isa_slot(name, "cpu_isa_trial"); }
+
+Isa isa_chosen(const char** by) {
+  auto said = [&](const char* source) {
+    if (by != nullptr) *by = source;
+  };
+  if (t_trial >= 0) {
+    said("trial");
+    return static_cast<Isa>(t_trial);
+  }
   const char* env = std::getenv(kEnv);
   if (env != nullptr && env[0] != '\0' && std::strcmp(env, "auto") != 0) {
-    for (Isa isa : all_isas()) {
-      if (std::strcmp(env, isa_name(isa)) != 0) continue;
-      std::string why;
-      TORCH_CHECK(isa_supported(isa, &why), kEnv, "=", env, " cannot run here: ", why);
-      return isa;
-    }
-    TORCH_CHECK(false, kEnv, "=", env,
-                " is not a CPU path; choose one of auto, avx512, avx2, blas, portable, emu512");
+    said(kEnv);
+    return parse_isa(env, kEnv);
   }
-  // blas first where torch links MKL: each tile's two GEMMs go to MKL's sgemm on one thread, which
-  // uses the CPU's own vector width; a BLAS that cannot be pinned to one thread inside the
-  // driver's OpenMP region is not chosen automatically. Then the register micro-kernels.
+  const int sel = g_selected.load();
+  if (sel >= 0) {
+    said("selected");
+    return static_cast<Isa>(sel);
+  }
+  // Nothing measured yet (only a direct torch.ops.ctrlaug call before ctrlaug.ops has chosen):
+  // blas where torch links MKL, else the widest register path.
+  said("default");
   if (blas_is_mkl()) return Isa::blas;
   for (Isa isa : {Isa::avx512, Isa::avx2}) {
     if (isa_supported(isa)) return isa;

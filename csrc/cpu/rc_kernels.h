@@ -7,8 +7,8 @@
 //   fwd_softmax one online-softmax step over a logits tile
 //   bwd_prob    p = exp(l - lse) * coef / tau over a logits tile
 //
-// Paths (CTRLAUG_CPU_ISA forces one; otherwise blas when torch links MKL, else the first the CPU and
-// the build support in the order avx512, avx2, portable):
+// Paths (CTRLAUG_CPU_ISA forces one; otherwise the one ctrlaug.ops measured fastest here and
+// selected, see isa_chosen below):
 //   avx512    AVX-512F register micro-kernels (csrc/cpu/rc_avx512.cpp), 16-lane vectors
 //   avx2      AVX2 + FMA register micro-kernels (csrc/cpu/rc_avx2.cpp), 8-lane vectors
 //   blas      both GEMMs of every tile handed to the platform BLAS sgemm that torch links (MKL on
@@ -183,11 +183,21 @@ inline const std::vector<Isa>& all_isas() {
 const char* isa_name(Isa isa);
 // Whether this build and this CPU can run the path (and why not, when `why` is given).
 bool isa_supported(Isa isa, std::string* why = nullptr);
-// The path float accumulation runs now: CTRLAUG_CPU_ISA when set (an unknown or unsupported
-// value is an error naming the choices), else blas when torch links MKL (one sgemm per tile on one
-// thread, MKL's kernels for the CPU's own vector width), else the first supported of avx512, avx2,
-// portable.
-Isa isa_chosen();
+// The path float accumulation runs now, the first of:
+//   the calling thread's trial path (isa_trial: the measurement of ctrlaug/ops/_registry.py times
+//     each path with it);
+//   CTRLAUG_CPU_ISA when set and not "auto" (an unknown or unsupported value is an error naming
+//     the choices);
+//   the process's selected path (isa_select: the path the measurement chose, or a cached choice);
+//   before any selection (a direct torch.ops.ctrlaug call before ctrlaug.ops chose): blas when
+//     torch links MKL, else the first supported of avx512, avx2, portable.
+// `by`, when given, is set to which of them decided: "trial", "CTRLAUG_CPU_ISA", "selected" or
+// "default".
+Isa isa_chosen(const char** by = nullptr);
+// Set (a path name) or clear ("" or "auto") the process's selected path / this thread's trial path;
+// a name that is unknown or cannot run here is an error.
+void isa_select(const std::string& name);
+void isa_trial(const std::string& name);
 const RcKernels<float>& kernels_for(Isa isa);
 
 // The SIMD tables (null when the build has no such path: not x86-64 GCC/Clang), and the BLAS

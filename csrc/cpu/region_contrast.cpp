@@ -130,12 +130,14 @@ at::Tensor region_contrast_bwd_cpu(const at::Tensor& queries, const at::Tensor& 
 }  // namespace
 
 // JSON: {"chosen": the path float32 runs now (or "error: ..." for a bad CTRLAUG_CPU_ISA),
+//        "chosen_by": "CTRLAUG_CPU_ISA", "selected", "trial" or "default" (rc::isa_chosen),
 //        "paths": {name: "ok" or why it cannot run here}, "blas_library": "mkl", "other" or "none"
 //        (the sgemm the blas path calls; auto takes blas only for "mkl"), "float64": "portable"}.
 std::string cpu_isa_info() {
   std::string chosen;
+  const char* by = "";
   try {
-    chosen = rc::isa_name(rc::isa_chosen());
+    chosen = rc::isa_name(rc::isa_chosen(&by));
   } catch (const c10::Error& e) {
     chosen = std::string("error: ") + e.what_without_backtrace();
   }
@@ -155,9 +157,14 @@ std::string cpu_isa_info() {
     paths += quote(rc::isa_name(isa)) + ": " + quote(ok ? "ok" : why);
   }
   const char* blas = rc::blas_is_mkl() ? "mkl" : rc::blas_available() ? "other" : "none";
-  return "{\"chosen\": " + quote(chosen) + ", \"paths\": {" + paths + "}, \"blas_library\": " + quote(blas) +
+  return "{\"chosen\": " + quote(chosen) + ", \"chosen_by\": " + quote(by) + ", \"paths\": {" + paths +
+         "}, \"blas_library\": " + quote(blas) +
          ", \"float64\": \"portable\"}";
 }
+
+void cpu_isa_select(const std::string& name) { rc::isa_select(name); }
+
+void cpu_isa_trial(const std::string& name) { rc::isa_trial(name); }
 
 }  // namespace ctrlaug::cpu
 
