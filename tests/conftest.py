@@ -4,11 +4,14 @@ TRITON_INTERPRET must be set before triton is first imported, so it is set here,
 """
 
 import os
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the cpp op's path race caches its choice: the suite never reads or writes the user's cache
+os.environ.setdefault("CTRLAUG_CACHE_DIR", tempfile.mkdtemp(prefix="ctrlaug-test-cache-"))
 
 import pytest  # noqa: E402
 
@@ -28,6 +31,22 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_path_restored():
+    """A resume pins the cpp path for the rest of its process (ctrlaug.ops.pin_cpu_isa): undo it
+    after each test, so that one test's pin never decides another's path."""
+    before = os.environ.get("CTRLAUG_CPU_ISA")
+    yield
+    if os.environ.get("CTRLAUG_CPU_ISA") != before:
+        from ctrlaug.ops._registry import _reset_cpu_choice
+
+        if before is None:
+            os.environ.pop("CTRLAUG_CPU_ISA", None)
+        else:
+            os.environ["CTRLAUG_CPU_ISA"] = before
+        _reset_cpu_choice()
 
 
 @pytest.fixture

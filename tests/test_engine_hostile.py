@@ -262,3 +262,25 @@ def test_a_missing_checksum_warns_and_resume_prefers_a_verified_checkpoint(tmp_p
     assert tr.resumed_from == older
     assert "no checksum file" in capsys.readouterr().err
     tr.release()
+
+
+# ---- the cpp path a run started on is the path it resumes on (issue 29, bitwise resume) ---------
+
+
+def test_a_resume_pins_the_cpp_path_the_checkpoint_was_written_with(tmp_path, monkeypatch):
+    from ctrlaug import ops
+
+    cfg = tiny(tmp_path, "epochs=1")
+    train(cfg)
+    st = load_checkpoint(list_checkpoints(cfg.out_dir)[0])
+    assert st["cpu_isa"] == ops.cpu_isa_chosen()
+    # the checkpoint says "portable" (not what auto picks here): the resume must pin it
+    monkeypatch.delenv("CTRLAUG_CPU_ISA", raising=False)
+    path = list_checkpoints(cfg.out_dir)[0]
+    st["cpu_isa"] = "portable"
+    torch.save(st, path)
+    os.remove(path + ".sha256")
+    res = train(tiny(tmp_path, "epochs=2"))
+    assert res["resumed_from"] == path
+    assert ops.cpu_isa_chosen() == "portable" and os.environ["CTRLAUG_CPU_ISA"] == "portable"
+    assert load_checkpoint(list_checkpoints(cfg.out_dir)[0])["cpu_isa"] == "portable"

@@ -60,6 +60,8 @@ class RunState:
             "rng": pack_rng(),  # tensors and plain lists: loadable with weights_only=True
             "config": config_to_dict(self.cfg),
             "world_size": self.world,
+            # the cpp op's instruction-set path: a resume on the same machine pins it (bitwise)
+            "cpu_isa": _cpu_isa_now() if self.device.type == "cpu" else None,
         }
 
     def check_fits(self, path: str, state: dict) -> None:
@@ -272,6 +274,8 @@ class RunState:
         path, state = found
         self.load_state_dict(state, path)
         self.resumed_from = path
+        if self.device.type == "cpu":
+            _pin_saved_isa(state.get("cpu_isa"), self.main)
         old_b = migrate_saved_config(state.get("config") or {}).get("batch_size", self.cfg.batch_size)
         if old_b != self.cfg.batch_size and self.step_in_epoch:
             done = self.step_in_epoch * old_b  # a whole number of new batches (checked at construction)
@@ -371,6 +375,45 @@ class RunState:
                 f"no good checkpoint {where}; start over with a lower lr: {base} resume=fresh optim.lr={lr:g}"
             )
         return f"the newest good checkpoint is {good}; recover with a lower lr: {base} resume={good} optim.lr={lr:g}"
+
+
+def _cpu_isa_now() -> str | None:
+    """The cpp op's path in this process (None without the extension)."""
+    from ctrlaug.ops import cpu_isa_chosen
+
+    try:
+        return cpu_isa_chosen()
+    except RuntimeError:
+        return None
+
+
+def _pin_saved_isa(saved: str | None, main: bool) -> None:
+    """Resume on the cpp path the checkpoint was written with, so that a resumed run continues bit
+    for bit (the paths sum in different orders); CTRLAUG_CPU_ISA set by the user wins. A path this
+    machine cannot run is one line, and the run goes on on this machine's own choice."""
+    from ctrlaug.ops import pin_cpu_isa
+    from ctrlaug.ops._registry import CPU_ISA_ENV
+
+    if not saved:
+        return
+    forced = os.environ.get(CPU_ISA_ENV)
+    if forced and forced != saved:
+        if main:
+            print(
+                f"[ctrlaug.train] the checkpoint ran the cpp path {saved}, {CPU_ISA_ENV}={forced} asks for "
+                "another: the resumed run will not match an uninterrupted one bit for bit",
+                file=sys.stderr,
+            )
+        return
+    try:
+        pin_cpu_isa(saved)
+    except (ValueError, RuntimeError) as e:
+        if main:
+            print(
+                f"[ctrlaug.train] cannot resume on the checkpoint's cpp path {saved} ({e}); using this "
+                "machine's choice, so the run will not match an uninterrupted one bit for bit",
+                file=sys.stderr,
+            )
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
