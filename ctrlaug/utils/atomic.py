@@ -13,7 +13,7 @@ import os
 from ctrlaug.errors import OutputError
 from ctrlaug.utils.safeio import io_error
 
-__all__ = ["atomic_write", "atomic_open", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_open", "fsync_dir", "os_error_behind"]
 
 
 def fsync_dir(path: str) -> None:
@@ -59,7 +59,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except Exception as e:
-        cause = _os_error(e)
+        cause = os_error_behind(e)
         if cause is None:
             raise
         raise io_error(cause, path, "cannot write") from e
@@ -70,7 +70,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     fsync_dir(os.path.dirname(path))
 
 
-def _os_error(e: BaseException) -> OSError | None:
+def os_error_behind(e: BaseException) -> OSError | None:
     """The OSError behind ``e``: ``e`` itself, or one it was raised from or while handling (torch's
     zip writer turns a failed ``write`` into ``RuntimeError: unexpected pos``, the ENOSPC kept as
     its context). None when there is none, or when it already is an :class:`OutputError`."""
