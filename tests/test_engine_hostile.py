@@ -284,3 +284,39 @@ def test_a_resume_pins_the_cpp_path_the_checkpoint_was_written_with(tmp_path, mo
     assert res["resumed_from"] == path
     assert ops.cpu_isa_chosen() == "portable" and os.environ["CTRLAUG_CPU_ISA"] == "portable"
     assert load_checkpoint(list_checkpoints(cfg.out_dir)[0])["cpu_isa"] == "portable"
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the torchrun worker of ``rank`` under ``parent`` (read from /proc)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(d)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker's pid in /proc")
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ctrlaug.train", *TINY, f"out_dir={out}", "epochs=50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(str(out / "metrics.csv"), 3, proc, time.monotonic() + 600)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)  # rank 1 only: the flag is reduced over the ranks after each step
+    _, err = proc.communicate(timeout=600)
+    steps = [int(m) for m in re.findall(r"stopped after step (\d+)", err)]
+    assert len(steps) == 2 and steps[0] == steps[1], err[-3000:]
+    newest = list_checkpoints(str(out))[0]
+    st = load_checkpoint(newest)
+    assert st["step"] == steps[0] and st["world_size"] == 2
