@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -47,7 +46,7 @@ from fractions import Fraction
 
 from ctrlaug.errors import CtrlAugError, OutputError
 from ctrlaug.utils.atomic import atomic_write, fsync_dir
-from ctrlaug.utils.safeio import check_output_dir, io_error
+from ctrlaug.utils.safeio import check_output_dir, io_error, sha256_file
 
 from .decode import BadVideoError, open_video
 from .records import DatasetFormatError, canonical_format, format_splits, load_records
@@ -130,14 +129,6 @@ def _count_decoded(path: str) -> int:
         return sum(1 for _ in r.frames())
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
     """Re-encode ``source`` to ``output`` (via ``output + ".part"``, verified, then renamed).
 
@@ -169,7 +160,7 @@ def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
                 source, f"output verification failed: {n_out} frames decoded, source has {n_src}"
             )
         _fsync(part)  # on disk before it carries the final name
-        digest = _sha256(part)  # what a resumed run checks the output against
+        digest = sha256_file(part)  # what a resumed run checks the output against
         os.replace(part, output)
         fsync_dir(os.path.dirname(output) or ".")
     except av.FFmpegError as e:
@@ -399,7 +390,7 @@ def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
         prev = None
     if prev is not None and _int(prev.get("bytes")) is not None and _int(prev["bytes"]) != size:
         return None, f"{size} bytes, the manifest says {prev['bytes']}"
-    digest = _sha256(job.output)
+    digest = sha256_file(job.output)
     if prev is not None and prev.get("sha256"):
         if prev["sha256"] != digest:
             return None, "its content changed since it was written (SHA-256 differs from the manifest's)"

@@ -21,7 +21,6 @@ each newer one was passed over.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import pickle
 import random
@@ -35,7 +34,7 @@ import torch
 
 from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_write, create_fresh, fsync_dir, os_error_behind
-from ctrlaug.utils.safeio import io_error
+from ctrlaug.utils.safeio import io_error, sha256_file
 
 __all__ = [
     "CheckpointError",
@@ -168,14 +167,6 @@ def nonfinite_tensors(obj, prefix: str = "") -> list[str]:
     return out
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_checksum(path: str) -> bool:
     """Check ``path`` against ``<path>.sha256``; True when it matches, False when there is no
     checksum file; :class:`CheckpointError` when the content differs (a flipped byte, a torn
@@ -190,7 +181,7 @@ def verify_checksum(path: str) -> bool:
         raise CheckpointError(f"{path}: cannot read its checksum file {sidecar}: {e}") from None
     if not want or not re.fullmatch(r"[0-9a-f]{64}", want[0]):
         raise CheckpointError(f"{path}: its checksum file {sidecar} is malformed")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != want[0]:
         raise CheckpointError(
             f"{path}: checksum mismatch (sha256 {got[:12]}..., {sidecar} says {want[0][:12]}...): the file was "
@@ -249,7 +240,7 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
             if cause is None:
                 raise
             raise io_error(cause, final, "cannot write checkpoint") from e
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         # the checksum first: a kill between the two renames leaves a checksum that does not match
         # (the checkpoint is then passed over) or one without its checkpoint (removed by the prune)
         atomic_write(final + SUM, f"{digest}  {os.path.basename(final)}\n")
@@ -404,7 +395,7 @@ def upgrade(path: str) -> str:
         _save_synced(state, tmp)
         safe_load(tmp)  # what is left must load without the full unpickler
         os.replace(path, path + ".orig")
-        atomic_write(path + SUM, f"{_sha256(tmp)}  {os.path.basename(path)}\n")
+        atomic_write(path + SUM, f"{sha256_file(tmp)}  {os.path.basename(path)}\n")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -17,12 +17,21 @@ Only the standard library (and :mod:`ctrlaug.errors`): importable from every lay
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 
 from ctrlaug.errors import OutputError, PlantedLinkError
 
-__all__ = ["open_nofollow", "fdopen_nofollow", "refuse_link", "io_error", "check_output", "check_output_dir"]
+__all__ = [
+    "sha256_file",
+    "open_nofollow",
+    "fdopen_nofollow",
+    "refuse_link",
+    "io_error",
+    "check_output",
+    "check_output_dir",
+]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -116,3 +125,12 @@ def check_output(path: str, what: str = "output file") -> str:
     refuse_link(path, what)
     check_output_dir(os.path.dirname(path) or ".", f"folder of {what} {path}")
     return path
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 hex digest of the file at ``path`` (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
