@@ -32,6 +32,7 @@ from ctrlaug.studies.ablate import (
     run_table,
     train_and_probe,
 )
+from ctrlaug.utils.safeio import check_output_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +107,8 @@ def _run(args, rest, hooks: dict) -> int:
     calibration = read_calibration(args.calibration, seeds) if args.calibration else None
     for p in plans:
         load_config(None, p["overrides"])  # fail fast on a bad override, before any training
+    if not args.dry_run:
+        check_output_dir(args.out, "--out folder")  # before the first run trains
     if args.dry_run:
         print(f"{TABLE_TITLES[args.table]}: {len(plans)} runs ({sum(p['done'] for p in plans)} done)")
         for p in plans:

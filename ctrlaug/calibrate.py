@@ -16,6 +16,7 @@ from ctrlaug.cli import parse_seeds, run_cli
 from ctrlaug.config import load_config
 from ctrlaug.reports import write_report
 from ctrlaug.studies.calibrate import calibrate, to_markdown
+from ctrlaug.utils.safeio import check_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(a) -> None:
     cfg = load_config(a.config, a.overrides)
-    res = calibrate(cfg, parse_seeds(a.seeds), a.factors.split(",") if a.factors else None)
-    out = a.out or os.path.join(cfg.out_dir, "calibration")
+    seeds = parse_seeds(a.seeds)
+    out = check_output_dir(a.out or os.path.join(cfg.out_dir, "calibration"), "--out folder")
+    res = calibrate(cfg, seeds, a.factors.split(",") if a.factors else None)
     md = to_markdown(res)
     write_report(os.path.join(out, "calibration"), res, md)
     print(md + f"-> {out}/calibration.json")

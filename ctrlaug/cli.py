@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ctrlaug.errors import CtrlAugError
+from ctrlaug.utils.cfgtools import SEED_MAX, cap_line
 
 __all__ = ["CtrlAugError", "run_cli", "parse_seeds"]
 
@@ -39,7 +40,8 @@ def run_cli(
         status = run(args)
     except CtrlAugError as e:
         code = getattr(e, "exit_code", 2)  # StoppedBySignal: 128 + signal, not an error
-        print(f"{'error' if code == 2 else 'stopped'}: {e}", file=sys.stderr)
+        # a message that echoes a huge value still prints as one bounded line
+        print(f"{'error' if code == 2 else 'stopped'}: {cap_line(str(e), 8000)}", file=sys.stderr)
         return code
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
@@ -52,4 +54,7 @@ def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
         raise CtrlAugError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not seeds:
         raise CtrlAugError(f"{flag} is empty")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise CtrlAugError(f"{flag}: seeds must be integers from 0 to 2**63-1, got {bad[0]}")
     return seeds

@@ -226,7 +226,9 @@ class TrainConfig:
     out_dir: str = opt(
         "runs/demo", "run folder: checkpoints, config.yaml, metrics.csv, TensorBoard, loss curve"
     )
-    seed: int = opt(0, "seed of weights, data order, augmentations and loss sampling")
+    seed: int = opt(
+        0, "seed of weights, data order, augmentations and loss sampling", min=0, max=cfgtools.SEED_MAX
+    )
     device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
     resume: str = opt(
         "auto",
@@ -335,10 +337,11 @@ def config_from_dict(values: dict) -> TrainConfig:
     """Build and validate a TrainConfig from a (possibly nested) mapping."""
     if not isinstance(values, dict):
         raise ConfigError(f"bad training config: expected a mapping of keys, got {type(values).__name__}")
+    cfgtools.check_expanded_size(values, _WHAT)
     return cfgtools.build(TrainConfig, values, what=_WHAT)
 
 
-def migrate_saved_config(values: dict) -> dict:
+def migrate_saved_config(values: dict, source: str = "saved config") -> dict:
     """A config mapping saved by an earlier version (flat keys: ``tau``, ``mi_weight``, ``lr``,
     ``probe``, ... of :data:`RENAMED`, and ``rc: true`` as the switch) in today's nested form
     (``rc: {enabled, tau, ...}``, ``optim: {lr, ...}``, ``eval: {linear, ...}``); a mapping without
@@ -348,7 +351,15 @@ def migrate_saved_config(values: dict) -> dict:
     the old run's values carry over exactly (``mi_ema`` also set L_td's rate: it fills both
     ``mi.ema`` and ``td.ema``). What a user writes with an old key still gets the "renamed to"
     error.
+
+    A mapping that is no config (not a dict, nested too deep, or more values than a config has
+    once shared references are expanded: a pickle can share them like a YAML alias bomb) raises a
+    one-line :class:`ConfigError` naming ``source`` (say, the checkpoint's path) before anything
+    walks or prints it.
     """
+    if not isinstance(values, dict):
+        raise ConfigError(f"bad {source}: expected a mapping of keys, got {type(values).__name__}")
+    cfgtools.check_expanded_size(values, source)
     out = cfgtools.expand_shorthand(TrainConfig, values)  # rc: true -> rc: {enabled: true}
     for k in [k for k in values if k in _RENAMED]:
         section, key = _RENAMED[k].split(";")[0].split(".")
@@ -370,17 +381,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
     values: dict = {}
-    if path:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"bad training config: cannot read {path}: {e}") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            what = getattr(e, "problem", None) or type(e).__name__
-            raise ConfigError(f"bad training config: {path} is not valid YAML ({what}{where})") from None
+    if path:  # UTF-8, no YAML aliases (cfgtools.read_yaml): one ConfigError line otherwise
+        loaded = cfgtools.read_yaml(path, _WHAT) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"bad training config: {path} must hold a mapping of keys")
         values = loaded

@@ -11,6 +11,7 @@ import json
 import os
 
 from ctrlaug.utils.atomic import atomic_write
+from ctrlaug.utils.safeio import io_error
 
 __all__ = ["write_json", "write_text", "write_report"]
 
@@ -18,7 +19,10 @@ __all__ = ["write_json", "write_text", "write_report"]
 def _parent(path: str) -> None:
     d = os.path.dirname(path)
     if d:
-        os.makedirs(d, exist_ok=True)
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:  # one line naming the folder and the errno, not a traceback
+            raise io_error(e, d, "cannot create folder") from None
 
 
 def write_json(path: str, obj, indent: int = 2) -> str:

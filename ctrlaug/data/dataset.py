@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, apply_views, sample_eval_views, sample_views
-from ..utils.cfgtools import config, opt
+from ..utils.cfgtools import SEED_MAX, config, opt
 from .decode import BadVideoError, open_video
 from .formats import canonical_format, get_format
 from .records import RecordList, VideoRecord, load_records
@@ -65,6 +65,8 @@ class DataConfig:
         None,
         "if set, sample i of epoch e draws its views from seed (seed, e, i): reproducible across runs "
         "and worker counts; null uses torch's RNG",
+        min=0,
+        max=SEED_MAX,
     )
 
 

@@ -12,14 +12,15 @@ column rewritten to the new names), so training reads DST with the same ``--form
 
 * parallel over processes, with a progress line and an ETA on stderr;
 * resumable: an output is written as ``<name>.part``, verified, fsynced, then renamed; a second
-  run checks every existing output against the manifest (size, a probe of the file, frame count;
-  against the source's frame count when the manifest has no row for it) and skips the ones that
-  pass, redoing the others (a file truncated or emptied since); leftover ``.part`` files of a
-  killed run are removed; worker processes die with the run;
+  run checks every existing output against the manifest (size, then the SHA-256 recorded when it
+  was written; an output without a recorded checksum is decoded in full and its frame count
+  compared with the manifest's or the source's) and skips the ones that pass, redoing the others
+  (a file truncated, emptied or overwritten in place since); leftover ``.part`` files of a killed
+  run are removed; worker processes die with the run;
 * verified: each output is decoded in full before the rename, and must hold the source's frame
   count within 1;
 * manifest: ``DST/prepare_manifest.csv`` lists source, output, status, frames, source frames, fps,
-  size and reason (rewritten atomically while the run goes);
+  size, reason and the output's SHA-256 (rewritten atomically while the run goes);
 * bad sources (empty, truncated, not a video, ...) and listed-but-missing ones are listed in the
   manifest and the summary (``BAD<TAB>path<TAB>reason``) and never stop the run; SRC is only read;
 * DST inside SRC (or SRC inside DST), or an existing DST holding other files, is refused with one
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -43,8 +45,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 
-from ctrlaug.errors import CtrlAugError
+from ctrlaug.errors import CtrlAugError, OutputError
 from ctrlaug.utils.atomic import atomic_write, fsync_dir
+from ctrlaug.utils.safeio import check_output_dir, io_error
 
 from .decode import BadVideoError, open_video
 from .records import DatasetFormatError, canonical_format, format_splits, load_records
@@ -57,6 +60,7 @@ PART = ".part"
 ANNOTATION_EXTENSIONS = (".txt", ".csv", ".json", ".tsv", ".lst")
 MANIFEST_FIELDS = (
     "source", "output", "status", "frames", "source_frames", "fps", "width", "height", "bytes", "reason",
+    "sha256",
 )  # fmt: skip
 
 
@@ -126,6 +130,14 @@ def _count_decoded(path: str) -> int:
         return sum(1 for _ in r.frames())
 
 
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
     """Re-encode ``source`` to ``output`` (via ``output + ".part"``, verified, then renamed).
 
@@ -157,6 +169,7 @@ def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
                 source, f"output verification failed: {n_out} frames decoded, source has {n_src}"
             )
         _fsync(part)  # on disk before it carries the final name
+        digest = _sha256(part)  # what a resumed run checks the output against
         os.replace(part, output)
         fsync_dir(os.path.dirname(output) or ".")
     except av.FFmpegError as e:
@@ -166,7 +179,7 @@ def transcode(source: str, output: str, settings: PrepareSettings) -> dict:
             os.remove(part)
     return {
         "frames": n_out, "source_frames": n_src, "fps": round(fps, 4), "width": w, "height": h,
-        "bytes": os.path.getsize(output),
+        "bytes": os.path.getsize(output), "sha256": digest,
     }  # fmt: skip
 
 
@@ -342,14 +355,17 @@ def _read_manifest(path: str) -> dict[str, dict]:
 
 def _write_manifest(path: str, rows: Iterable[dict]) -> None:
     tmp = path + PART
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in MANIFEST_FIELDS})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in MANIFEST_FIELDS})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk or a folder gone read-only: one line naming the manifest
+        raise io_error(e, path, "cannot write the manifest") from None
 
 
 def _remove_parts(dst: str) -> int:
@@ -371,8 +387,10 @@ def _int(v) -> int | None:
 
 def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
     """``(manifest row, "")`` of an output an earlier run finished, after checking it: its size
-    and frame count against its manifest row, else its frame count against the source's (within
-    1, as when it was written), and that it opens; ``(None, why)`` when it does not pass."""
+    and the SHA-256 of its manifest row; without a recorded checksum, the frame count of a full
+    decode against its manifest row, else against the source's (within 1, as when it was written);
+    ``(None, why)`` when it does not pass. A size and a header prove nothing: an output overwritten
+    in place (its middle zeroed) keeps both."""
     size = os.path.getsize(job.output)
     if size == 0:
         return None, "empty file"
@@ -381,6 +399,11 @@ def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
         prev = None
     if prev is not None and _int(prev.get("bytes")) is not None and _int(prev["bytes"]) != size:
         return None, f"{size} bytes, the manifest says {prev['bytes']}"
+    digest = _sha256(job.output)
+    if prev is not None and prev.get("sha256"):
+        if prev["sha256"] != digest:
+            return None, "its content changed since it was written (SHA-256 differs from the manifest's)"
+        return {**prev, "status": "skipped", "reason": ""}, ""
     try:
         with open_video(job.output) as r:
             probed = {
@@ -389,12 +412,17 @@ def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
                 "width": r.width,
                 "height": r.height,
             }
+        decoded = _count_decoded(job.output)  # no checksum to trust: decode it in full
     except BadVideoError as e:
-        return None, f"does not open ({e.reason})"
+        return None, f"does not decode ({e.reason})"
+    except Exception as e:  # the decoder on a damaged file
+        return None, f"does not decode ({type(e).__name__}: {e})"
+    if abs(decoded - probed["frames"]) > 1:
+        return None, f"{decoded} frames decode, its header says {probed['frames']}"
     if prev is not None and _int(prev.get("frames")) is not None:
-        if abs(probed["frames"] - _int(prev["frames"])) > 1:
-            return None, f"{probed['frames']} frames, the manifest says {prev['frames']}"
-        return {**prev, "status": "skipped", "reason": ""}, ""
+        if abs(decoded - _int(prev["frames"])) > 1:
+            return None, f"{decoded} frames, the manifest says {prev['frames']}"
+        return {**prev, "status": "skipped", "reason": "", "sha256": digest}, ""
     row = {
         "source": job.source,
         "output": job.output,
@@ -402,6 +430,7 @@ def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
         "reason": "",
         **probed,
         "bytes": size,
+        "sha256": digest,
     }
     try:
         with open_video(job.source) as r:
@@ -409,8 +438,8 @@ def _existing_row(job: Job, old: dict[str, dict]) -> tuple[dict | None, str]:
     except BadVideoError as e:
         row["reason"] = f"source not probed: {e.reason}"
         return row, ""
-    if abs(probed["frames"] - row["source_frames"]) > 1:
-        return None, f"{probed['frames']} frames, the source has {row['source_frames']}"
+    if abs(decoded - row["source_frames"]) > 1:
+        return None, f"{decoded} frames, the source has {row['source_frames']}"
     return row, ""
 
 
@@ -474,7 +503,7 @@ def prepare(
     src, dst = os.path.realpath(os.fspath(src)), os.path.realpath(os.fspath(dst))
     _check_destination(src, dst, fmt, settings)
     jobs, problems = list_jobs(src, dst, fmt)
-    os.makedirs(dst, exist_ok=True)
+    check_output_dir(dst, "DST")  # writable, before any video is transcoded
     atomic_write(os.path.join(dst, MARKER), json.dumps(_marker(src, fmt, settings), indent=1))
     _remove_parts(dst)  # half-written outputs of a killed run
     manifest = os.path.join(dst, MANIFEST)
@@ -558,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = PrepareSettings(**{f.name: getattr(a, f.name) for f in fields(PrepareSettings)})
     try:
         rows = prepare(a.src, a.dst, a.format, settings, workers=a.workers)
-    except (PrepareError, DatasetFormatError, ValueError) as e:
+    except (PrepareError, DatasetFormatError, OutputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(rows, os.path.realpath(a.src), os.path.realpath(a.dst)))

@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 
-from ..utils.cfgtools import config, opt
+from ..utils.cfgtools import SEED_MAX, config, opt
 from .synthetic import RenderedReader
 
 __all__ = [
@@ -76,7 +76,7 @@ class ShapesConfig:
     background_contrast: float = opt(40.0, "peak-to-peak grey levels of the background texture")
     noise: float = opt(3.0, "std of per-frame pixel noise (0 disables)")
     fps: int = opt(25, "frame rate written to mp4")
-    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)")
+    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)", min=0, max=SEED_MAX)
 
     def __post_init__(self) -> None:
         self.object_size = tuple(float(v) for v in self.object_size)  # YAML gives lists

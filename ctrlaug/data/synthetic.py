@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from ..utils.cfgtools import config, opt
+from ..utils.cfgtools import SEED_MAX, config, opt
 
 __all__ = ["SyntheticConfig", "MOTION_CLASSES", "render_video", "write_synthetic", "SyntheticReader"]
 
@@ -52,7 +52,7 @@ class SyntheticConfig:
     fps: int = opt(25, "frame rate written to mp4")
     max_objects: int = opt(2, "1..max_objects moving objects per video, all with the class's motion", min=1)
     noise: float = opt(3.0, "std of per-frame pixel noise (0 disables)")
-    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)")
+    seed: int = opt(0, "base seed; video i of split s is rendered from (seed, s, i)", min=0, max=SEED_MAX)
 
     def _problems(self) -> list[str]:
         return [f"size: {self.size} must be an even number >= 16"] if self.size % 2 else []

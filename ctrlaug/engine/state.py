@@ -18,6 +18,7 @@ from ctrlaug.config import (
 )
 from ctrlaug.errors import NonFiniteLossError, RunFolderError
 from ctrlaug.utils import dist as dist_utils
+from ctrlaug.utils.cfgtools import cap_line, short_repr
 from ctrlaug.utils.checkpoint import (
     CheckpointError,
     NonFiniteStateError,
@@ -200,7 +201,8 @@ class RunState:
                 f"bad training config: epochs={cfg.epochs} but {path} has already finished epoch "
                 f"{state['epoch']}; resume with epochs >= {state['epoch']} or use another out_dir"
             )
-        old_b = migrate_saved_config(state.get("config") or {}).get("batch_size", cfg.batch_size)
+        saved = migrate_saved_config(state.get("config") or {}, f"config of checkpoint {path}")
+        old_b = saved.get("batch_size", cfg.batch_size)
         done = state.get("step_in_epoch", 0) * old_b
         if old_b != cfg.batch_size and done % cfg.batch_size:
             raise ConfigError(
@@ -296,14 +298,14 @@ class RunState:
                         )
                         with contextlib.suppress(OSError):
                             os.replace(q, aside)
-        changed = _config_diff(migrate_saved_config(state.get("config", {})), config_to_dict(self.cfg))
+        changed = _config_diff(migrate_saved_config(state.get("config") or {}), config_to_dict(self.cfg))
         if changed and self.main:
             print(
-                f"[ctrlaug.train] resuming {path} with changed config keys: {', '.join(changed)}",
+                cap_line(f"[ctrlaug.train] resuming {path} with changed config keys: {', '.join(changed)}"),
                 file=sys.stderr,
             )
         if self._applied and self.main:
-            print(f"[ctrlaug.train] resume applies: {'; '.join(self._applied)}", file=sys.stderr)
+            print(cap_line(f"[ctrlaug.train] resume applies: {'; '.join(self._applied)}"), file=sys.stderr)
 
     def save(self) -> str | None:
         """Write the checkpoint of this step (rank 0; atomic) and prune old ones; returns its path.
@@ -424,5 +426,5 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_diff(a, b, f"{prefix}{k}.")
         elif a != b and k != "resume":
-            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
+            out.append(f"{prefix}{k} ({short_repr(a)} -> {short_repr(b)})")
     return out

@@ -42,6 +42,7 @@ from ctrlaug.reports import write_report
 from ctrlaug.utils.dist import init_distributed
 from ctrlaug.utils.dist import rank as dist_rank
 from ctrlaug.utils.provenance import provenance
+from ctrlaug.utils.safeio import check_output_dir
 
 __all__ = ["PROTOCOLS", "build_eval_datasets", "EvalOptions", "run", "run_folds", "parse_folds"]
 
@@ -64,6 +65,8 @@ def run(opts: EvalOptions, log=print) -> dict:
     fold = [f"fold={opts.fold}"] if opts.fold else []
     enc, cfg, ckpt = load_encoder(opts.checkpoint, opts.config, opts.random_init, fold)
     enc.to(device)
+    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    check_output_dir(out, "evaluation output folder")  # before any feature is computed
     # --crops 3: the test clips of every protocol; for knn/retrieval the train (gallery) videos too,
     # so both sides average the same views (linear and finetune train on centre crops, as before)
     train_crops = opts.crops if opts.protocol in ("knn", "retrieval") else 1
@@ -71,7 +74,6 @@ def run(opts: EvalOptions, log=print) -> dict:
         cfg, opts.train_split, opts.test_split, opts.dataset, opts.data_root, opts.clips,
         test_crops=opts.crops, train_crops=train_crops,
     )  # fmt: skip
-    out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
     suffix = "_random" if opts.random_init else ""
     num_classes = int(train_set.num_classes) if train_set.num_classes else 0
     num_classes = max(num_classes, int(max(train_set.labels)) + 1)
@@ -210,6 +212,7 @@ def run_folds(opts: EvalOptions, log=print) -> dict:
         have = ", ".join(map(str, fmt.folds)) or "none"
         raise EvalError(f"--folds {opts.folds}: dataset {fmt.name!r} has official folds {have}")
     out = opts.out or (os.path.dirname(ckpt) if ckpt else cfg.out_dir)
+    check_output_dir(out, "evaluation output folder")
     per_fold = {}
     for f in folds:
         log(f"fold {f} of {','.join(map(str, folds))}")

@@ -12,6 +12,12 @@
 * A nested dataclass with an ``enabled`` field takes a bare boolean as shorthand:
   ``rc=false`` means ``rc.enabled=false``.
 * :func:`help_text` lists every key with its type, default, choices and help line.
+* :func:`read_yaml` reads a config file: UTF-8 only, at most :data:`MAX_YAML_BYTES`, no YAML
+  aliases (``*name``: an alias bomb of a few hundred bytes expands to gigabytes);
+  :func:`check_expanded_size` bounds a mapping that arrived some other way (a checkpoint's saved
+  config, whose pickle can share references the same way). Every message that echoes a user's
+  value cuts it (:func:`short_repr`) and the whole message (:func:`cap_line`).
+* :data:`SEED_MAX`: the largest seed a config accepts.
 
 Only the standard library and PyYAML: importable from every layer of the package.
 """
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import json
 import math
+import reprlib
 import types
 import typing
 from typing import Any
@@ -32,6 +40,13 @@ from ctrlaug.errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "SEED_MAX",
+    "MAX_YAML_BYTES",
+    "read_yaml",
+    "yaml_load",
+    "check_expanded_size",
+    "short_repr",
+    "cap_line",
     "config",
     "opt",
     "validate",
@@ -42,6 +57,122 @@ __all__ = [
     "help_text",
     "format_problems",
 ]
+
+
+#: The largest seed a config accepts: seeds go to ``torch.manual_seed`` and numpy's
+#: ``SeedSequence`` (non-negative) directly, and plus a few (``random_init_seed``: ``seed + 1 + i``);
+#: below 2**63 every one of them stays within torch's 64-bit range.
+SEED_MAX = 2**63 - 1
+#: A config file larger than this is refused (the package's own are a few KB).
+MAX_YAML_BYTES = 4 << 20
+#: A config mapping with more values than this (counting every key, value and list item as it
+#: would be expanded) is refused: TrainConfig has a few hundred.
+MAX_CONFIG_VALUES = 20_000
+_MAX_DEPTH = 32
+_VALUE_CHARS = 200
+_LINE_CHARS = 4000
+_MAX_PROBLEMS = 50
+
+
+def short_repr(v: Any, limit: int = _VALUE_CHARS) -> str:
+    """``repr(v)`` cut to about ``limit`` characters, saying how much was cut; bounded work even
+    for a huge or self-sharing container (:mod:`reprlib`)."""
+    if isinstance(v, str | bytes):
+        r = repr(v[: limit + 1])
+        if len(v) > limit:
+            return f"{r[:limit]}... ({len(v) - limit} more characters cut)"
+        return r
+    if isinstance(v, int | float | bool | type(None)):
+        r = repr(v)
+    else:
+        rp = reprlib.Repr()
+        rp.maxlevel, rp.maxlist, rp.maxtuple, rp.maxdict, rp.maxset = 3, 8, 8, 8, 8
+        rp.maxstring, rp.maxother, rp.maxlong = limit, limit, limit
+        r = rp.repr(v)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r) - limit} more characters cut)"
+
+
+def cap_line(text: str, limit: int = _LINE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
+
+
+def check_expanded_size(values: Any, what: str = "config", limit: int = MAX_CONFIG_VALUES) -> None:
+    """:class:`ConfigError` when ``values`` (nested dicts and lists) holds more than ``limit``
+    values once every shared reference is expanded, or nests deeper than 32 levels: what a YAML
+    alias bomb or a pickle with shared references is. Stops counting at the limit."""
+    count = 0
+
+    def walk(v: Any, depth: int) -> None:
+        nonlocal count
+        if depth > _MAX_DEPTH:
+            raise ConfigError(f"bad {what}: nested deeper than {_MAX_DEPTH} levels; not a config")
+        if isinstance(v, dict):
+            items = [x for kv in v.items() for x in kv]
+        elif isinstance(v, list | tuple):
+            items = list(v)
+        else:
+            return
+        for x in items:
+            count += 1
+            if count > limit:
+                raise ConfigError(
+                    f"bad {what}: more than {limit} values once its shared references (YAML aliases) "
+                    "are expanded; not a config this package writes"
+                )
+            walk(x, depth + 1)
+
+    walk(values, 0)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: ``*name`` is an error (anchors alone are harmless)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML aliases (*{event.anchor}) are not allowed in a config: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load(text)`` refusing aliases (:class:`yaml.YAMLError`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml(path: str, what: str = "config") -> Any:
+    """The YAML file at ``path`` parsed (``None`` for an empty file): one-line
+    :class:`ConfigError` naming the file when it cannot be read, is larger than
+    :data:`MAX_YAML_BYTES`, is not UTF-8 (the byte offset), is not YAML (line and column) or uses
+    an alias."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else type(e).__name__
+        raise ConfigError(f"bad {what}: cannot read {path}: {e.strerror or e} [{code}]") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"bad {what}: {path} is larger than {MAX_YAML_BYTES >> 20} MiB; not a config")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"bad {what}: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"bad {what}: {path} is not valid YAML ({problem}{where})") from None
 
 
 def opt(
@@ -64,14 +195,16 @@ def _field_problems(f: dataclasses.Field, val: Any, key: str) -> list[str]:
     """Problems of one value against its field's ``choices`` / ``min`` / ``max``."""
     meta, out = f.metadata, []
     if isinstance(val, float) and not math.isfinite(val):
-        return [f"{key}: expected a finite number, got {val!r}"]
+        return [f"{key}: expected a finite number, got {short_repr(val)}"]
     if meta.get("choices") and val not in meta["choices"]:
-        out.append(f"{key}: invalid value {val!r}; valid choices: {', '.join(map(str, meta['choices']))}")
+        out.append(
+            f"{key}: invalid value {short_repr(val)}; valid choices: {', '.join(map(str, meta['choices']))}"
+        )
     if isinstance(val, int | float) and not isinstance(val, bool):
         if meta.get("min") is not None and val < meta["min"]:
-            out.append(f"{key}: {val!r} is below the minimum {meta['min']}")
+            out.append(f"{key}: {short_repr(val)} is below the minimum {meta['min']}")
         if meta.get("max") is not None and val > meta["max"]:
-            out.append(f"{key}: {val!r} is above the maximum {meta['max']}")
+            out.append(f"{key}: {short_repr(val)} is above the maximum {meta['max']}")
     return out
 
 
@@ -113,9 +246,13 @@ def config(cls: type) -> type:
 
 
 def format_problems(errors: list[str], what: str = "config") -> str:
+    """``bad <what>: ...`` listing the problems: at most 50, each cut to 4000 characters."""
     if len(errors) == 1:
-        return f"bad {what}: {errors[0]}"
-    return f"bad {what}:\n  - " + "\n  - ".join(errors)
+        return f"bad {what}: {cap_line(errors[0])}"
+    shown = [cap_line(e) for e in errors[:_MAX_PROBLEMS]]
+    if len(errors) > _MAX_PROBLEMS:
+        shown.append(f"... and {len(errors) - _MAX_PROBLEMS} more problems")
+    return f"bad {what}:\n  - " + "\n  - ".join(shown)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,25 +282,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {short_repr(value)}")
     if origin in (list, tuple):
         if isinstance(value, str):
             s = value.strip()
             if s in ("", "[]", "()"):
                 value = []
             else:
-                parsed = yaml.safe_load(s if s.startswith(("[", "(")) else f"[{s}]")
+                try:
+                    parsed = yaml_load(s if s.startswith(("[", "(")) else f"[{s}]")
+                except yaml.YAMLError:
+                    raise ConfigError(f"{key}: expected a list, got {short_repr(value)}") from None
                 value = parsed if isinstance(parsed, list) else [parsed]
         if origin is list and isinstance(value, int | float | str) and not isinstance(value, bool):
             value = [value]  # a single scalar for a list field: stride1_stages=4
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short_repr(value)}")
         if origin is list:
             return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {short_repr(list(value))}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is bool:
         if isinstance(value, bool):
@@ -172,23 +312,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "yes", "on", "1")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {short_repr(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
+            if abs(value) >= 2**53:  # 1.0e+20 is no exact integer: refuse it rather than guess
+                raise ConfigError(
+                    f"{key}: expected an integer, got the float {value!r}, which is not exact at this "
+                    "size; write the integer's digits out"
+                )
             return int(value)
         if isinstance(value, str):
             try:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {short_repr(value)}")
         out = None
         if isinstance(value, int | float):
             out = float(value)
@@ -198,21 +343,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if out is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {short_repr(value)}")
         if not math.isfinite(out):  # nan / inf / .inf pass float() but no bound or formula wants them
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
         return out
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {short_repr(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {short_repr(value)}")
         return build(tp, value, prefix=f"{key}.")
     raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
 
@@ -247,7 +392,7 @@ def expand_shorthand(cls: type, values: dict) -> dict:
 def _unknown(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"unknown key {key!r}{hint}; valid keys: {', '.join(valid)}"
+    return f"unknown key {short_repr(key)}{hint}; valid keys: {', '.join(valid)}"
 
 
 def _default_of(f: dataclasses.Field, tp: Any):
@@ -273,7 +418,7 @@ def build(cls: type, values: dict, prefix: str = "", errors: list[str] | None = 
         full = f"{prefix}{k}"
         if k not in fields:
             if k in renamed:
-                errs.append(f"{full!r} was renamed to {prefix}{renamed[k]}")
+                errs.append(f"{short_repr(full)} was renamed to {prefix}{renamed[k]}")
             else:
                 errs.append(_unknown(full, [f"{prefix}{n}" for n in fields]))
             continue
@@ -357,12 +502,12 @@ def apply_overrides(
     errors = []
     for item in overrides:
         if "=" not in item:
-            errors.append(f"override {item!r} is not key=value")
+            errors.append(f"override {short_repr(item)} is not key=value")
             continue
         k, v = item.split("=", 1)
         k = k.strip()
         try:
-            parsed = yaml.safe_load(v) if v.strip() else ""
+            parsed = yaml_load(v) if v.strip() else ""
         except yaml.YAMLError:
             parsed = v
         if cls is not None and _flat_shorthand(cls, k) and not isinstance(parsed, dict):

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ctrlaug.errors import CtrlAugError
-from ctrlaug.utils.atomic import atomic_write, create_fresh, fsync_dir
+from ctrlaug.utils.atomic import atomic_write, create_fresh, fsync_dir, os_error_behind
+from ctrlaug.utils.safeio import io_error
 
 __all__ = [
     "CheckpointError",
@@ -234,11 +235,20 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
             f"not writing the checkpoint of step {step}: {len(bad)} non-finite tensor(s) "
             f"({', '.join(bad[:5])}{more})"
         )
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise io_error(e, out_dir, "cannot create run folder") from None
     final = _path(out_dir, step)
     tmp = f"{final}.{os.getpid()}.tmp"
     try:
-        _save_synced(state, tmp)
+        try:
+            _save_synced(state, tmp)
+        except Exception as e:  # a full disk surfaces from torch.save's zip writer as "unexpected pos"
+            cause = os_error_behind(e)
+            if cause is None:
+                raise
+            raise io_error(cause, final, "cannot write checkpoint") from e
         digest = _sha256(tmp)
         # the checksum first: a kill between the two renames leaves a checksum that does not match
         # (the checkpoint is then passed over) or one without its checkpoint (removed by the prune)

@@ -72,18 +72,10 @@ def config_file_overrides(path: str) -> list[str]:
     flow syntax), so that every run of a table starts from that file: the runner's overrides are
     applied after them. ``out_dir`` is left out (each run has its own). ConfigError naming the file
     when it cannot be read."""
-    import yaml
-
     from ctrlaug.config import ConfigError
+    from ctrlaug.utils.cfgtools import read_yaml
 
-    try:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        reason = getattr(e, "problem", None) or getattr(e, "strerror", None) or type(e).__name__
-        raise ConfigError(f"--config {path}: cannot read it{at} ({reason})") from None
+    loaded = read_yaml(path, "--config file") or {}  # UTF-8, no aliases: one line naming it otherwise
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: must hold a mapping of keys")
 
