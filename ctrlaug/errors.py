@@ -58,7 +58,8 @@ class RunFolderError(ConfigError):
 
 class UsageError(CtrlAugError, ValueError):
     """A bad request on a command line that no config check catches: an unknown ablation row, a
-    seed list, a calibration file that does not fit the request."""
+    seed list, a calibration file that does not fit the request, a dataset format, split, fold or
+    annotation version that does not exist (``--format``, ``--split``, ``--fold``, ``--version``)."""
 
 
 class OutputError(CtrlAugError, OSError):
