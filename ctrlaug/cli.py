@@ -18,8 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ctrlaug.errors import CtrlAugError
-from ctrlaug.utils.cfgtools import SEED_MAX, cap_line
+from ctrlaug.errors import SEED_MAX, CtrlAugError, cap_line
 
 __all__ = ["CtrlAugError", "run_cli", "parse_seeds"]
 
