@@ -22,13 +22,13 @@ from ctrlaug.studies.ablate import (
     DiagnoseStartFn,
     OrderFn,
     TrainFn,
-    _read_calibration,
     config_file_overrides,
     diagnose_own_start,
     diagnose_random,
     diagnose_run,
     order_run,
     plan_runs,
+    read_calibration,
     run_table,
     train_and_probe,
 )
@@ -104,7 +104,7 @@ def _run(args, rest, hooks: dict) -> int:
         extra = [*config_file_overrides(args.config), *extra]
     rows = [r for r in args.rows.split(",") if r.strip()]
     plans = plan_runs(args.table, seeds, args.out, extra, rows)
-    calibration = _read_calibration(args.calibration, seeds) if args.calibration else None
+    calibration = read_calibration(args.calibration, seeds) if args.calibration else None
     for p in plans:
         load_config(None, p["overrides"])  # fail fast on a bad override, before any training
     if not args.dry_run:

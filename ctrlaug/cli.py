@@ -7,6 +7,8 @@ returns its exit status. A :class:`~ctrlaug.errors.CtrlAugError` (bad input the 
 config, checkpoint, dataset, run folder, request) prints ``error: <message>`` on stderr and returns
 2; anything else is a bug and keeps its traceback. The entry-point modules (``ctrlaug.train``,
 ``ctrlaug.evaluate``, ...) are thin: a parser and a call into the library; nothing imports them.
+The commands that live in the library (``ctrlaug.data.prepare``, ``ctrlaug.data.check``,
+``ctrlaug.utils.checkpoint upgrade``) use it too: this module needs only :mod:`ctrlaug.errors`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ctrlaug.errors import CtrlAugError
-from ctrlaug.utils.cfgtools import SEED_MAX, cap_line
+from ctrlaug.errors import SEED_MAX, CtrlAugError, cap_line
 
 __all__ = ["CtrlAugError", "run_cli", "parse_seeds"]
 

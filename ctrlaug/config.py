@@ -39,6 +39,7 @@ __all__ = [
     "LogConfig",
     "EvalConfig",
     "RENAMED",
+    "RENAMED_IN_GROUPS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -94,9 +95,9 @@ _RENAMED |= {
     )
 }
 _RENAMED |= {
-    k: f"log.{k}"
-    for k in ("log_every", "ckpt_every_steps", "keep_checkpoints", "tensorboard", "progress", "plot")
+    k: f"log.{k}" for k in ("ckpt_every_steps", "keep_checkpoints", "tensorboard", "progress", "plot")
 }
+_RENAMED["log_every"] = "log.every"  # straight to today's name (log.log_every was renamed as well)
 # "probe" also names a module and diagnose's probes: the evaluation keys say what they run instead.
 _RENAMED |= {
     "probe": "eval.linear",
@@ -111,6 +112,11 @@ _RENAMED |= {
 #: Every old flat key -> its dotted key today (after ``;``: a note), for the "renamed" errors
 #: and :func:`migrate_saved_config`.
 RENAMED = _RENAMED
+
+#: Keys renamed inside their group because they repeated the group's name (``log.log_every`` ->
+#: ``log.every``): group -> {old: new}. Each group's class holds its own as ``RENAMED`` (the
+#: "renamed to" errors); :func:`migrate_saved_config` moves them in saved configs.
+_RENAMED_IN_LOG = {"log_every": "every"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +188,9 @@ class OptimConfig:
 class LogConfig:
     """Metric rows, checkpoints, progress bar and plots of a run folder."""
 
-    log_every: int = opt(5, "steps between metric rows (CSV, TensorBoard)", min=1)
+    RENAMED: ClassVar[dict[str, str]] = _RENAMED_IN_LOG
+
+    every: int = opt(5, "steps between metric rows (CSV, TensorBoard)", min=1)
     ckpt_every_steps: int = opt(0, "extra checkpoint every N steps (0 = per epoch only)", min=0)
     keep_checkpoints: int = opt(2, "checkpoints kept in out_dir (oldest deleted)", min=1)
     tensorboard: bool = opt(True, "write TensorBoard scalars when tensorboard is installed")
@@ -314,6 +322,10 @@ class TrainConfig:
         return errs
 
 
+#: Keys renamed inside a group of :class:`TrainConfig` (the group's ``RENAMED``): group -> {old: new}.
+RENAMED_IN_GROUPS = {"log": LogConfig.RENAMED}
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading and saving (the generic engine: ctrlaug.utils.cfgtools)
 # ----------------------------------------------------------------------------------------------
@@ -352,6 +364,10 @@ def migrate_saved_config(values: dict, source: str = "saved config") -> dict:
     for k in [k for k in values if k in _RENAMED]:
         section, key = _RENAMED[k].split(";")[0].split(".")
         out.setdefault(section, {})[key] = out.pop(k)
+    for section, moves in RENAMED_IN_GROUPS.items():  # log: {log_every: 5} -> log: {every: 5}
+        group = out.get(section)
+        if isinstance(group, dict) and any(k in moves for k in group):
+            out[section] = {moves.get(k, k): v for k, v in group.items()}
     if "mi_ema" in values:
         out.setdefault("td", {}).setdefault("ema", values["mi_ema"])
     return out

@@ -5,6 +5,8 @@ Every error a user can fix by changing a command, a config, a file or a folder i
 ``error: ...`` line and exits with status 2, without a traceback. Anything else is a bug and keeps
 its traceback. The subclasses keep the built-in base they always had (``ValueError``,
 ``FileNotFoundError``, ``RuntimeError``), so older ``except`` clauses still catch them.
+The two bounds those messages share live here too: :data:`SEED_MAX`, the largest seed a user may
+give, and :func:`cap_line`, which keeps one error line bounded.
 
 Only the standard library: importable from every layer of the package.
 """
@@ -21,7 +23,22 @@ __all__ = [
     "PlantedLinkError",
     "RunFolderError",
     "UsageError",
+    "SEED_MAX",
+    "cap_line",
 ]
+
+#: The largest seed a config or ``--seeds`` accepts: seeds go to ``torch.manual_seed`` and numpy's
+#: ``SeedSequence`` (non-negative) directly, and plus a few (``random_init_seed``: ``seed + 1 + i``);
+#: below 2**63 every one of them stays within torch's 64-bit range. A seed above it is a user error.
+SEED_MAX = 2**63 - 1
+
+
+def cap_line(text: str, limit: int = 4000) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut: an error line stays bounded
+    even when its message echoes a huge value."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
 class CtrlAugError(Exception):
@@ -58,7 +75,8 @@ class RunFolderError(ConfigError):
 
 class UsageError(CtrlAugError, ValueError):
     """A bad request on a command line that no config check catches: an unknown ablation row, a
-    seed list, a calibration file that does not fit the request."""
+    seed list, a calibration file that does not fit the request, a dataset format, split, fold or
+    annotation version that does not exist (``--format``, ``--split``, ``--fold``, ``--version``)."""
 
 
 class OutputError(CtrlAugError, OSError):

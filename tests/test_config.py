@@ -60,7 +60,7 @@ def _non_default() -> TrainConfig:
             *"model.compile=true model.amp=bf16".split(),
             *"optim.lr=2e-4 optim.weight_decay=0 optim.lr_milestones=[3] optim.lr_gamma=0.5".split(),
             *"optim.grad_clip=1.0 optim.max_steps_per_epoch=7 optim.max_bad_steps=2".split(),
-            *"log.log_every=3 log.ckpt_every_steps=10 log.keep_checkpoints=4 log.tensorboard=false".split(),
+            *"log.every=3 log.ckpt_every_steps=10 log.keep_checkpoints=4 log.tensorboard=false".split(),
             *"log.progress=false log.plot=false".split(),
             *"eval.linear=false eval.split=val eval.clips=3 eval.linear_epochs=50 eval.knn_every=1".split(),
             *"eval.knn_k=5 eval.knn_t=0.1".split(),
@@ -180,3 +180,33 @@ def test_a_checkpoint_saved_with_the_old_flat_keys_loads_and_resumes(tmp_path, c
     err = capsys.readouterr().err
     assert "with changed config keys: epochs (1 -> 2)\n" in err, err
     assert len(list_checkpoints(str(run))) == 2
+
+
+def test_a_key_renamed_inside_its_group_migrates_from_saved_configs_and_errs_from_the_user(tmp_path, capsys):
+    """log.log_every (saved between the groups and issue 31) is log.every: a saved config carries its
+    value over exactly; a user who writes it gets the "renamed to" error, once, with exit 2."""
+    from ctrlaug.config import RENAMED_IN_GROUPS
+    from ctrlaug.train import main
+
+    assert RENAMED_IN_GROUPS == {"log": {"log_every": "every"}} and RENAMED["log_every"] == "log.every"
+    want = _non_default()
+    saved = config_to_dict(want)
+    saved["log"] = {("log_every" if k == "every" else k): v for k, v in saved["log"].items()}
+    assert saved["log"]["log_every"] == 3 and "every" not in saved["log"]
+    saved = yaml.safe_load(yaml.safe_dump(saved, sort_keys=False))  # as config.yaml holds it
+    assert migrate_saved_config(saved) == config_to_dict(want)
+    assert config_from_dict(migrate_saved_config(saved)) == want
+    # the flat key of before the groups goes straight to today's name
+    assert config_from_dict(migrate_saved_config(to_old_form(config_to_dict(want)))).log.every == 3
+    # what a user writes: an override, a YAML file, the command line
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["log.log_every=3"])
+    assert ei.value.problems == ["'log.log_every' was renamed to log.every"]
+    p = tmp_path / "old.yaml"
+    p.write_text("log:\n  log_every: 3\n")
+    with pytest.raises(ConfigError, match=r"'log.log_every' was renamed to log.every"):
+        load_config(str(p))
+    assert main(["--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "'log.log_every' was renamed to log.every" in err
+    assert "Traceback" not in err

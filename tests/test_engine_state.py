@@ -236,6 +236,32 @@ def test_an_out_dir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys)
 # ---------------------------------------------------------------------------------------------
 
 
+def test_a_run_saved_with_log_log_every_resumes_and_loads_as_it_was(tmp_path, capsys):
+    """A checkpoint whose config still says log.log_every (before issue 31 renamed it log.every)
+    resumes with no changed key and loads for evaluation with its value carried over."""
+    from ctrlaug.eval.encoder import load_encoder
+    from ctrlaug.utils.checkpoint import save_checkpoint
+
+    cfg = tiny(tmp_path, "epochs=1", "log.every=2")
+    train(cfg)
+    (path,) = list_checkpoints(cfg.out_dir)
+    state = load_checkpoint(path)
+    log = state["config"]["log"]
+    state["config"]["log"] = {("log_every" if k == "every" else k): v for k, v in log.items()}
+    assert state["config"]["log"]["log_every"] == 2
+    assert save_checkpoint(state, cfg.out_dir, state["step"]) == path  # the old run, checksum and all
+    capsys.readouterr()
+    res = train(tiny(tmp_path, "epochs=2", "log.every=2"))
+    err = capsys.readouterr().err
+    assert res["resumed_from"] == path and [h["step"] for h in res["history"]] == [3, 4]
+    changed = [ln for ln in err.splitlines() if "changed config keys" in ln]
+    assert len(changed) == 1 and changed[0].endswith("changed config keys: epochs (1 -> 2)"), err
+    state = load_checkpoint(path)
+    assert "log_every" in state["config"]["log"]  # still the old form on disk
+    _, loaded, ckpt = load_encoder(path, None, False)
+    assert ckpt == path and loaded.log.every == 2
+
+
 def test_resume_with_a_new_lr_and_more_epochs_uses_them(tmp_path, capsys):
     train(tiny(tmp_path, "epochs=1", "optim.lr_milestones=null"))  # 1 epoch: no milestone
     res = train(tiny(tmp_path, "epochs=4", "optim.lr=0.01", "optim.lr_milestones=null"))

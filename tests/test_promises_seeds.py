@@ -96,7 +96,7 @@ def test_load_encoder_random_init_i_is_built_after_manual_seed_s_plus_1_plus_i(i
 
 def test_diagnose_floor_reads_inits_0_1_2(monkeypatch):
     """diagnose --random-init: the first encoder is init 0, the floor adds inits 1 and 2."""
-    import ctrlaug.studies.diagnose as dg
+    import ctrlaug.studies.diagnose.runner as dg  # run() looks these names up in its own module
 
     seen = []
 
@@ -133,12 +133,15 @@ def test_calibrate_floor_is_init_0_and_probes_with_seed_s(monkeypatch):
 
 
 def test_ablate_random_init_diagnostics_use_init_0(monkeypatch, tmp_path):
-    import ctrlaug.studies.ablate as ab
+    import ctrlaug.studies.ablate.diagnostics as ab  # diagnose_random looks _diagnose_dir up here
 
     seen = []
-    monkeypatch.setattr(ab, "_diagnose_dir", lambda folder, cfg, enc, videos: seen.append(_weights(enc)))
+    monkeypatch.setattr(
+        ab, "_diagnose_dir", lambda folder, cfg, enc, videos, stem: seen.append((_weights(enc), stem))
+    )
     ab.diagnose_random([*TINY, f"seed={SEED}"], str(tmp_path))
-    assert len(seen) == 1 and _same(seen[0], _expected_init(_cfg(), SEED + 1))
+    assert len(seen) == 1 and _same(seen[0][0], _expected_init(_cfg(), SEED + 1))
+    assert seen[0][1] == "diagnose"  # init 0 is written as diagnose.json, the others diagnose_init<i>
 
 
 def test_the_probe_classifier_starts_from_normal_weights_of_generator_seed_s():

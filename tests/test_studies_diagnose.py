@@ -283,7 +283,7 @@ def test_bad_path_is_one_error_line_with_exit_code_2(tmp_path):
 
 
 def test_an_unwritable_out_is_one_line_before_anything_is_computed(tmp_path, monkeypatch):
-    import ctrlaug.studies.diagnose as study
+    import ctrlaug.studies.diagnose.runner as study  # where run() looks them up
 
     def boom(*a, **k):
         raise AssertionError("computed before checking --out")

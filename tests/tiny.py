@@ -23,6 +23,6 @@ TINY = [
     "log.progress=false",
     "log.plot=false",
     "log.tensorboard=false",
-    "log.log_every=1",
+    "log.every=1",
     "optim.lr_milestones=[]",
 ]

@@ -16,6 +16,8 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
+from ctrlaug.cli import run_cli
+
 from .decode import BadVideoError, open_video
 from .records import DatasetFormatError, VideoRecord, canonical_format, format_splits, load_records
 
@@ -83,7 +85,7 @@ def check_dataset(
     return len(seen) + sum(1 for p in bad if p not in seen), sorted(bad.items())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ctrlaug.data.check", description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="dataset root (or CSV file for --format csv)")
     ap.add_argument("--format", required=True, help="ucf101 | hmdb51 | kinetics400 | diving48 | folder | csv")
@@ -97,26 +99,31 @@ def main(argv: list[str] | None = None) -> int:
         "--decode", choices=("none", "sample", "full"), default="sample", help="how much to decode"
     )
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: exit 0 when every video is good, 1 when any is bad (listed), 2 with one
+    ``error:`` line when the dataset itself cannot be read (:func:`ctrlaug.cli.run_cli`)."""
+    return run_cli(_parser(), _run, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     kw = {}
     fmt = canonical_format(a.format)
     if a.fold is not None:
         kw["fold"] = a.fold
     if a.version is not None:
         kw["version"] = a.version
-    try:
-        n, bad = check_dataset(
-            fmt,
-            os.path.expanduser(a.root),
-            a.split,
-            min_frames=a.min_frames,
-            decode=a.decode,
-            jobs=a.jobs,
-            **kw,
-        )
-    except (DatasetFormatError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    n, bad = check_dataset(
+        fmt,
+        os.path.expanduser(a.root),
+        a.split,
+        min_frames=a.min_frames,
+        decode=a.decode,
+        jobs=a.jobs,
+        **kw,
+    )
     for path, reason in bad:
         print(f"BAD\t{path}\t{reason}")
     print(f"checked {n} videos ({fmt}, split {a.split}): {len(bad)} bad, {n - len(bad)} good")

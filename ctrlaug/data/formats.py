@@ -6,12 +6,14 @@ values ``TrainConfig.dataset`` accepts), whether it is rendered on the fly (no f
 ``data_root``), its official train/test folds (passed on as ``fold``), its splits, and the
 fraction of the epochs after which the paper divides the learning rate by 10 (§4.2: 150 of 200
 epochs on UCF-101, 70 of 100 on Kinetics-400). The readers themselves live in
-:mod:`ctrlaug.data.records`; this module imports nothing of the package.
+:mod:`ctrlaug.data.records`; this module imports nothing of the package but its error family.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ctrlaug.errors import UsageError
 
 __all__ = ["DatasetFormat", "REGISTRY", "get_format", "canonical_format", "config_names", "rendered_names"]
 
@@ -59,10 +61,11 @@ _BY_NAME = {n: f for f in REGISTRY for n in f.names}
 
 
 def get_format(name: str) -> DatasetFormat:
-    """The format a name or alias (any case) stands for; ValueError naming the known ones."""
+    """The format a name or alias (any case) stands for; :class:`~ctrlaug.errors.UsageError` (a
+    ValueError) naming the known ones."""
     f = _BY_NAME.get(name.lower())
     if f is None:
-        raise ValueError(f"unknown dataset format {name!r}; known: {[f.name for f in REGISTRY]}")
+        raise UsageError(f"unknown dataset format {name!r}; known: {[f.name for f in REGISTRY]}")
     return f
 
 

@@ -44,7 +44,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 
-from ctrlaug.errors import CtrlAugError, OutputError
+from ctrlaug.cli import run_cli
+from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_write, fsync_dir
 from ctrlaug.utils.safeio import check_output_dir, io_error, sha256_file
 
@@ -238,8 +239,16 @@ def _check_destination(src: str, dst: str, fmt: str, settings: PrepareSettings) 
             f"DST {dst} exists and holds other files ({', '.join(some)}, ...) but no {MARKER} of an "
             "earlier prepare run: choose an empty or new folder"
         )
-    with open(marker) as f:
-        old = json.load(f)
+    try:
+        with open(marker) as f:
+            old = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PrepareError(
+            f"DST {dst}: cannot read {MARKER} of the earlier prepare run ({type(e).__name__}: {e}); "
+            "choose a new folder"
+        ) from None
+    if not isinstance(old, dict):
+        raise PrepareError(f"DST {dst}: {MARKER} is not the record of a prepare run; choose a new folder")
     want = _marker(src, fmt, settings)
     if old != want:
         diff = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
@@ -566,7 +575,7 @@ def summary(rows: list[dict], src: str, dst: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m ctrlaug.data.prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="dataset root (read only)")
     ap.add_argument("dst", help="output root: new, empty, or an earlier run's DST to resume")
@@ -574,13 +583,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     for f in fields(PrepareSettings):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: exit 0 when every video was prepared, 1 when some are bad or missing
+    (listed), 2 with one ``error:`` line when the run is refused (:func:`ctrlaug.cli.run_cli`)."""
+    return run_cli(_parser(), _run, argv)
+
+
+def _run(a: argparse.Namespace) -> int:
     settings = PrepareSettings(**{f.name: getattr(a, f.name) for f in fields(PrepareSettings)})
-    try:
-        rows = prepare(a.src, a.dst, a.format, settings, workers=a.workers)
-    except (PrepareError, DatasetFormatError, OutputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows = prepare(a.src, a.dst, a.format, settings, workers=a.workers)
     print(summary(rows, os.path.realpath(a.src), os.path.realpath(a.dst)))
     return 1 if any(r["status"] in ("bad", "missing") for r in rows) else 0
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ctrlaug.errors import CtrlAugError
+from ctrlaug.errors import CtrlAugError, UsageError
 
 from .decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .formats import canonical_format, get_format, rendered_names
@@ -41,6 +41,15 @@ log = logging.getLogger("ctrlaug.data")
 
 class DatasetFormatError(CtrlAugError, FileNotFoundError):
     """A dataset root, split or annotation file is missing or malformed."""
+
+
+def _label(value, where: str) -> int:
+    """An integer of an annotation file (a label, a frame number); :class:`DatasetFormatError`
+    naming ``where`` (file and line or entry) when it is not one."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetFormatError(f"{where}: expected an integer, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -132,9 +141,9 @@ def ucf101_records(
     fmt = "ucf101"
     _need_dir(root, fmt, "dataset root")
     if split not in ("train", "test"):
-        raise ValueError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
     if fold not in get_format(fmt).folds:
-        raise ValueError(f"{fmt}: fold must be 1, 2 or 3, got {fold}")
+        raise UsageError(f"{fmt}: fold must be 1, 2 or 3, got {fold}")
     sdirs = (
         [split_dir]
         if split_dir
@@ -169,7 +178,7 @@ def ucf101_records(
             rel = parts[0].replace("\\", "/")
             cname = rel.split("/")[0]
             if len(parts) > 1:
-                label = int(parts[1]) - 1
+                label = _label(parts[1], f"{list_file}:{n}") - 1
             elif cname in cidx:
                 label = cidx[cname]
             else:
@@ -201,7 +210,7 @@ def hmdb51_records(
     fmt = "hmdb51"
     _need_dir(root, fmt, "dataset root")
     if split not in ("train", "test"):
-        raise ValueError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
     want = "1" if split == "train" else "2"
     suffix = f"_test_split{fold}.txt"
     cands = (
@@ -308,7 +317,7 @@ def kinetics400_records(root: str, split: str = "train", annotation: str | None 
     fmt = "kinetics400"
     _need_dir(root, fmt, "dataset root")
     if split not in ("train", "val", "test"):
-        raise ValueError(f"{fmt}: split must be 'train', 'val' or 'test', got {split!r}")
+        raise UsageError(f"{fmt}: split must be 'train', 'val' or 'test', got {split!r}")
     csv_path = annotation or _k400_csv(root, split, fmt)
     if not os.path.isfile(csv_path):
         raise DatasetFormatError(
@@ -366,10 +375,10 @@ def diving48_records(
     fmt = "diving48"
     _need_dir(root, fmt, "dataset root")
     if split not in ("train", "test"):
-        raise ValueError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"{fmt}: split must be 'train' or 'test', got {split!r}")
     version = version.lower()
     if version not in ("v1", "v2"):
-        raise ValueError(f"{fmt}: version must be 'v1' or 'v2', got {version!r}")
+        raise UsageError(f"{fmt}: version must be 'v1' or 'v2', got {version!r}")
     name = f"Diving48_V2_{split}.json" if version == "v2" else f"Diving48_{split}.json"
     path = _first_existing(
         [os.path.join(root, name), os.path.join(root, "annotations", name)],
@@ -389,7 +398,7 @@ def diving48_records(
     for n, it in enumerate(items):
         if not isinstance(it, dict) or "vid_name" not in it or "label" not in it:
             raise DatasetFormatError(f"{path}: entry {n} must have keys vid_name and label, got {it!r}")
-        label = int(it["label"])
+        label = _label(it["label"], f"{path}: entry {n}")
         labels.add(label)
         p = _resolve_video(vdirs, f"{it['vid_name']}.mp4")
         if p is None:
@@ -399,7 +408,12 @@ def diving48_records(
             continue
         if use_frame_range and "start_frame" in it and "end_frame" in it:
             records.append(
-                VideoRecord(p, label, start_frame=int(it["start_frame"]), end_frame=int(it["end_frame"]))
+                VideoRecord(
+                    p,
+                    label,
+                    start_frame=_label(it["start_frame"], f"{path}: entry {n} start_frame"),
+                    end_frame=_label(it["end_frame"], f"{path}: entry {n} end_frame"),
+                )
             )
         else:
             records.append(VideoRecord(p, label))
@@ -497,7 +511,7 @@ def csv_records(root: str, split: str | None = "train") -> RecordList:
 
     for r, lab in zip(rows, raw):
         p = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-        label = (cidx[lab] if named else int(lab)) if lab else -1
+        label = (cidx[lab] if named else _label(lab, f"{path}: label")) if lab else -1
         if not os.path.exists(p):
             missing.append((p, "listed in CSV but not found"))
             continue
@@ -665,7 +679,7 @@ def load_records(fmt: str, root: str, split: str | None = "train", **kwargs) -> 
     adapter (``fold`` for ucf101/hmdb51, ``version``/``use_frame_range`` for diving48, ...)."""
     f = canonical_format(fmt)
     if f in RENDERED:
-        raise ValueError(f"the {f!r} set is rendered, not read: use ctrlaug.data.build_dataset({f!r}, ...)")
+        raise UsageError(f"the {f!r} set is rendered, not read: use ctrlaug.data.build_dataset({f!r}, ...)")
     root = os.fspath(root)
     if f == "csv" and os.path.isfile(root):
         return csv_records(root, split)

@@ -393,7 +393,7 @@ class Trainer(RunState):
         steps_per_epoch = self.batches.steps
         done = self.epoch * steps_per_epoch + self.step_in_epoch
         bar = ProgressBar(
-            cfg.epochs * steps_per_epoch, enabled=self.main and cfg.log.progress, every=cfg.log.log_every
+            cfg.epochs * steps_per_epoch, enabled=self.main and cfg.log.progress, every=cfg.log.every
         )
         bad = BadVideoLog()
         try:
@@ -462,7 +462,7 @@ class Trainer(RunState):
         m["epoch"] = self.epoch
         m["step"] = self.step
         self.history.append(m)
-        if self.main and (self.step % cfg.log.log_every == 0 or self.step_in_epoch == steps_per_epoch):
+        if self.main and (self.step % cfg.log.every == 0 or self.step_in_epoch == steps_per_epoch):
             writer.log(self.step, self.epoch, {k: v for k, v in m.items() if k not in ("step", "epoch")})
         bar.update(done, self.epoch, m["clips_per_s"], f"loss {m['loss']:.4f}")
         if self.on_step is not None:

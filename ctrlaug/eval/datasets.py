@@ -11,7 +11,7 @@ import torch
 from ctrlaug.data import build_train_dataset
 from ctrlaug.errors import EvalError
 
-__all__ = ["build_eval_datasets", "build_finetune_train_set", "LocalClips"]
+__all__ = ["build_eval_datasets", "build_finetune_train_set", "LocalClips", "eval_config"]
 
 
 def build_eval_datasets(
@@ -26,7 +26,7 @@ def build_eval_datasets(
 ):
     """(train, test) eval-mode datasets: ``eval_clips`` uniformly spaced clips, each at the centre
     crop (``*_crops=1``) or at left/centre/right crops (3; see ``sample_eval_views``)."""
-    c = _eval_config(cfg, dataset, data_root, eval_clips)
+    c = eval_config(cfg, dataset, data_root, eval_clips)
     tr = _build(c, train_split or cfg.split, "eval")
     te = _build(c, test_split or cfg.eval.split, "eval")
     tr.eval_crops, te.eval_crops = train_crops, test_crops
@@ -41,7 +41,7 @@ def build_finetune_train_set(
     """The finetuning training set with spatio-temporal jitter: each sample's ``views`` are the K
     local clips of the pretraining sampler (random temporal position, random resized crop,
     random flip unless ``flip=False``; no colour or blur), see :class:`LocalClips`."""
-    c = _eval_config(cfg, dataset, data_root)
+    c = eval_config(cfg, dataset, data_root)
     if not flip:
         c = dataclasses.replace(c, augment=dataclasses.replace(c.augment, local_flip_prob=0.0))
     return LocalClips(_build(c, train_split or cfg.split, "pretrain"))
@@ -68,9 +68,10 @@ class LocalClips(torch.utils.data.Dataset):
         return s
 
 
-def _eval_config(
-    cfg, dataset: str | None = None, data_root: str | None = None, eval_clips: int | None = None
-):
+def eval_config(cfg, dataset: str | None = None, data_root: str | None = None, eval_clips: int | None = None):
+    """The config the protocols build their datasets from: ``cfg`` with another ``dataset``,
+    ``data_root`` or number of ``eval_clips`` where given. Also the key of the feature cache
+    (:func:`ctrlaug.eval.features.cached_features`), so both see the same settings."""
     c = (
         cfg
         if eval_clips is None

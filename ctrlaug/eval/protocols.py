@@ -31,7 +31,7 @@ import torch
 
 from ctrlaug.data import get_format
 from ctrlaug.errors import EvalError
-from ctrlaug.eval.datasets import _eval_config, build_eval_datasets, build_finetune_train_set
+from ctrlaug.eval.datasets import build_eval_datasets, build_finetune_train_set, eval_config
 from ctrlaug.eval.encoder import load_encoder, resolve_device
 from ctrlaug.eval.features import cached_features, resolve_precision
 from ctrlaug.eval.finetune import finetune
@@ -134,7 +134,7 @@ def run(opts: EvalOptions, log=print) -> dict:
             {k: getattr(opts, k) for k in ("optimizer", "schedule", "warmup_epochs", "dropout", "amp")}
         )
     else:
-        ecfg = _eval_config(cfg, opts.dataset, opts.data_root, opts.clips)
+        ecfg = eval_config(cfg, opts.dataset, opts.data_root, opts.clips)
         trf, trl = cached_features(enc, train_set, "train", opts, ckpt, cache, ecfg)
         tef, tel = cached_features(enc, test_set, "test", opts, ckpt, cache, ecfg)
         chunk = opts.chunk or None

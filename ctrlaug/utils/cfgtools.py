@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from ctrlaug.errors import ConfigError
+from ctrlaug.errors import SEED_MAX, ConfigError, cap_line  # defined there, named here too
 
 __all__ = [
     "ConfigError",
@@ -59,10 +59,6 @@ __all__ = [
 ]
 
 
-#: The largest seed a config accepts: seeds go to ``torch.manual_seed`` and numpy's
-#: ``SeedSequence`` (non-negative) directly, and plus a few (``random_init_seed``: ``seed + 1 + i``);
-#: below 2**63 every one of them stays within torch's 64-bit range.
-SEED_MAX = 2**63 - 1
 #: A config file larger than this is refused (the package's own are a few KB).
 MAX_YAML_BYTES = 4 << 20
 #: A config mapping with more values than this (counting every key, value and list item as it
@@ -70,7 +66,6 @@ MAX_YAML_BYTES = 4 << 20
 MAX_CONFIG_VALUES = 20_000
 _MAX_DEPTH = 32
 _VALUE_CHARS = 200
-_LINE_CHARS = 4000
 _MAX_PROBLEMS = 50
 
 
@@ -90,13 +85,6 @@ def short_repr(v: Any, limit: int = _VALUE_CHARS) -> str:
         rp.maxstring, rp.maxother, rp.maxlong = limit, limit, limit
         r = rp.repr(v)
     return r if len(r) <= limit else f"{r[:limit]}... ({len(r) - limit} more characters cut)"
-
-
-def cap_line(text: str, limit: int = _LINE_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how many were cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text) - limit} more characters cut)"
 
 
 def check_expanded_size(values: Any, what: str = "config", limit: int = MAX_CONFIG_VALUES) -> None:

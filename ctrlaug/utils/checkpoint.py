@@ -32,7 +32,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ctrlaug.errors import CtrlAugError
+from ctrlaug.cli import run_cli
+from ctrlaug.errors import CtrlAugError, UsageError
 from ctrlaug.utils.atomic import atomic_write, create_fresh, fsync_dir, os_error_behind
 from ctrlaug.utils.safeio import io_error, sha256_file
 
@@ -386,17 +387,38 @@ def remove_stale_temp_files(out_dir: str) -> int:
 def upgrade(path: str) -> str:
     """Rewrite a *trusted* checkpoint of an earlier version in today's format (RNG states as plain
     data, a checksum file beside it); the original is kept as ``<path>.orig``. Loads the file with
-    a full unpickler: only for files you trust."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for it
+    a full unpickler: only for files you trust. A file that is not a checkpoint raises
+    :class:`CheckpointError`, a file that cannot be written :class:`~ctrlaug.errors.OutputError`;
+    the original is then left as it was."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # the user vouched for it
+    except Exception as e:  # torn, truncated, not a torch file
+        detail = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot upgrade ({type(e).__name__}: {detail[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: cannot upgrade: not a ctrlaug checkpoint (got {type(state).__name__})"
+        )
     if isinstance(state, dict) and isinstance(state.get("rng"), dict):
         state["rng"] = _rng_from_legacy(state["rng"])
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        _save_synced(state, tmp)
+        try:
+            _save_synced(state, tmp)
+        except Exception as e:  # a full disk surfaces from torch.save's zip writer as "unexpected pos"
+            cause = os_error_behind(e)
+            if cause is None:
+                raise
+            raise io_error(cause, path, "cannot upgrade") from e
         safe_load(tmp)  # what is left must load without the full unpickler
-        os.replace(path, path + ".orig")
-        atomic_write(path + SUM, f"{sha256_file(tmp)}  {os.path.basename(path)}\n")
-        os.replace(tmp, path)
+        try:
+            os.replace(path, path + ".orig")
+            atomic_write(path + SUM, f"{sha256_file(tmp)}  {os.path.basename(path)}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise io_error(e, path, "cannot upgrade") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -404,34 +426,34 @@ def upgrade(path: str) -> str:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    usage = f"usage: {UPGRADE_HINT} FILE [FILE ...]   (rewrites trusted files of an earlier format)"
+_UPGRADE_USAGE = f"usage: {UPGRADE_HINT} FILE [FILE ...] (rewrites trusted files of an earlier format)"
+
+
+def _parse_upgrade(argv: list[str]) -> list[str]:
+    """The files of ``upgrade --trust FILE ...``; :class:`~ctrlaug.errors.UsageError` otherwise."""
     if not argv or argv[0] != "upgrade" or "--trust" not in argv:
-        print(
-            usage + "\nerror: upgrading loads the file with a full unpickler, which runs any code it holds; "
-            "pass --trust only for files you made or trust",
-            file=sys.stderr,
+        raise UsageError(
+            "upgrading loads the file with a full unpickler, which runs any code it holds; pass --trust "
+            f"only for files you made or trust ({_UPGRADE_USAGE})"
         )
-        return 2
     files = [a for a in argv[1:] if a != "--trust"]
     if not files:
-        print(usage, file=sys.stderr)
-        return 2
+        raise UsageError(f"no FILE to upgrade ({_UPGRADE_USAGE})")
+    return files
+
+
+def _upgrade_all(files: list[str]) -> int:
     for p in files:
-        if not os.path.isfile(p):
-            print(f"error: {p}: no such file", file=sys.stderr)
-            return 2
-        try:
-            upgrade(p)
-        except Exception as e:
-            print(
-                f"error: {p}: cannot upgrade ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                file=sys.stderr,
-            )
-            return 2
+        upgrade(p)
         print(f"upgraded {p} (original kept as {p}.orig)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ctrlaug.utils.checkpoint upgrade --trust FILE ...``: a bad request or a file that
+    cannot be upgraded is one ``error:`` line and exit 2 (:func:`ctrlaug.cli.run_cli`), the files
+    before it stay upgraded."""
+    return run_cli(_parse_upgrade, _upgrade_all, argv)
 
 
 if __name__ == "__main__":
