@@ -581,6 +581,7 @@ def test_format_registry_is_the_one_source_of_format_names_and_defaults():
         "diving48",
         "folder",
         "csv",
+        "list",
     )
     assert all(canonical_format(d) for d in DATASETS)
     with pytest.raises(ValueError, match="unknown dataset format 'ucf-102'"):
