@@ -118,3 +118,19 @@ def test_classes_file_and_missing_list(root, tmp_path):
 def test_config_accepts_the_list_format(root):
     cfg = load_config(None, ["dataset=list", f"data_root={root / 'train.txt'}"])
     assert cfg.dataset == "list"
+
+
+def test_the_label_offset_and_prefix_are_config_keys(root, tmp_path):
+    """data.label_offset / data.list_prefix reach the list reader from a command line's key=value."""
+    from ctrlaug.data import build_train_dataset
+
+    (root / "one_based.txt").write_text("a/0.mp4 1\nb/0.mp4 2\n")
+    base = ["dataset=list", f"data_root={root / 'one_based.txt'}", "augment.size=32", "data.short_side=48"]
+    assert build_train_dataset(load_config(None, base)).labels == [0, 1]  # detected
+    assert build_train_dataset(load_config(None, [*base, "data.label_offset=0"])).labels == [1, 2]  # given
+    lst = tmp_path / "flat.txt"
+    lst.write_text("0.mp4 0\n1.mp4 1\n")
+    cfg = load_config(None, ["dataset=list", f"data_root={lst}", f"data.list_prefix={root / 'videos' / 'a'}"])
+    assert [os.path.dirname(r.path) for r in build_train_dataset(cfg).records] == [
+        str(root / "videos" / "a")
+    ] * 2

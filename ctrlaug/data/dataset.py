@@ -68,6 +68,17 @@ class DataConfig:
         min=0,
         max=SEED_MAX,
     )
+    label_offset: int | None = opt(
+        None,
+        "list format: subtracted from every label; null = detected (1 when none of the dataset's "
+        "lists has a label 0, else 0)",
+        min=0,
+    )
+    list_prefix: str = opt(
+        "",
+        "list format: folder the relative paths resolve against (empty: the list's folder, then "
+        "its videos/ and rawframes/)",
+    )
 
 
 class VideoDataset(Dataset):
@@ -351,6 +362,8 @@ def build_train_dataset(cfg, split: str | None = None, mode: str = "pretrain") -
     to the formats with official folds, see :mod:`ctrlaug.data.formats`), ``augment``, ``data``,
     ``synthetic``, ``shapes``, ``seed``). ``data.seed`` None = the run seed."""
     kw = {"fold": cfg.fold} if get_format(cfg.dataset).folds else {}
+    if canonical_format(cfg.dataset) == "list":
+        kw.update(label_offset=cfg.data.label_offset, prefix=cfg.data.list_prefix or None)
     data = dataclasses.replace(cfg.data, seed=cfg.seed if cfg.data.seed is None else cfg.data.seed)
     return build_dataset(
         cfg.dataset,
