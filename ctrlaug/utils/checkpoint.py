@@ -75,12 +75,20 @@ class NonFiniteStateError(CheckpointError):
     """A state to be saved holds NaN/inf tensors: it is not written."""
 
 
-def _save_synced(state: dict, path: str) -> None:
-    """torch.save ``state`` to ``path`` and fsync it (the temp-file half of an atomic write)."""
-    with os.fdopen(create_fresh(path), "wb") as f:  # O_EXCL | O_NOFOLLOW: never through a planted link
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+def _save_synced(state: dict, path: str, target: str, doing: str) -> None:
+    """torch.save ``state`` to ``path`` and fsync it (the temp-file half of an atomic write). An
+    OSError, also the one a full disk hides behind torch.save's zip writer ("unexpected pos"),
+    becomes one :class:`OutputError` line: ``doing``, ``target`` and the errno."""
+    try:
+        with os.fdopen(create_fresh(path), "wb") as f:  # O_EXCL | O_NOFOLLOW: never through a planted link
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception as e:
+        cause = os_error_behind(e)
+        if cause is None:
+            raise
+        raise io_error(cause, target, doing) from e
 
 
 def _path(out_dir: str, step: int) -> str:
@@ -234,13 +242,7 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
     final = _path(out_dir, step)
     tmp = f"{final}.{os.getpid()}.tmp"
     try:
-        try:
-            _save_synced(state, tmp)
-        except Exception as e:  # a full disk surfaces from torch.save's zip writer as "unexpected pos"
-            cause = os_error_behind(e)
-            if cause is None:
-                raise
-            raise io_error(cause, final, "cannot write checkpoint") from e
+        _save_synced(state, tmp, final, "cannot write checkpoint")
         digest = sha256_file(tmp)
         # the checksum first: a kill between the two renames leaves a checksum that does not match
         # (the checkpoint is then passed over) or one without its checkpoint (removed by the prune)
@@ -405,13 +407,7 @@ def upgrade(path: str) -> str:
         state["rng"] = _rng_from_legacy(state["rng"])
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        try:
-            _save_synced(state, tmp)
-        except Exception as e:  # a full disk surfaces from torch.save's zip writer as "unexpected pos"
-            cause = os_error_behind(e)
-            if cause is None:
-                raise
-            raise io_error(cause, path, "cannot upgrade") from e
+        _save_synced(state, tmp, path, "cannot upgrade")
         safe_load(tmp)  # what is left must load without the full unpickler
         try:
             os.replace(path, path + ".orig")
