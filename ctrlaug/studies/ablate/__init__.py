@@ -35,108 +35,20 @@ importable from here.
 
 from __future__ import annotations
 
-from ctrlaug.studies.ablate.diagnostics import (
-    DIAG_COLUMNS,
-    DIAGNOSE_VIDEOS,
-    DiagnoseFn,
-    DiagnoseRandomFn,
-    DiagnoseStartFn,
-    OrderFn,
-    add_diagnostics,
-    compact_diagnostics,
-    compact_order,
-    diagnose_own_start,
-    diagnose_random,
-    diagnose_run,
-    flat_diagnostics,
-    floor_inits,
-    floor_of,
-    order_run,
-    own_start_encoder,
-    own_start_objective,
-    start_key,
-)
-from ctrlaug.studies.ablate.report import (
-    ordering_sentence,
-    to_markdown,
-    write_summary,
-)
-from ctrlaug.studies.ablate.runner import (
-    config_file_overrides,
-    read_calibration,
-    run_table,
-)
-from ctrlaug.studies.ablate.runs import (
-    TrainFn,
-    load_result,
-    missing_runs,
-    own_start_dir,
-    plan_runs,
-    random_init_dir,
-    run_dir,
-    run_one,
-    run_overrides,
-    train_and_probe,
-    write_result,
-)
-from ctrlaug.studies.ablate.summary import (
-    mean_std,
-    spearman,
-    summarise,
-)
-from ctrlaug.studies.ablate.tables import (
-    BLUR_LEVELS,
-    TABLE_TITLES,
-    TABLES,
-    Row,
-    select_rows,
-    slugify,
-)
+from ctrlaug.studies.ablate import diagnostics, report, runner, runs, summary, tables
+from ctrlaug.studies.ablate.diagnostics import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.ablate.report import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.ablate.runner import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.ablate.runs import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.ablate.summary import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.ablate.tables import *  # noqa: F403 (the package re-exports each room's names)
 
+# every room's public names, nothing else (each room's __all__ is the one list to edit)
 __all__ = [
-    "Row",
-    "slugify",
-    "BLUR_LEVELS",
-    "TABLES",
-    "TABLE_TITLES",
-    "select_rows",
-    "TrainFn",
-    "run_dir",
-    "run_overrides",
-    "plan_runs",
-    "train_and_probe",
-    "run_one",
-    "load_result",
-    "write_result",
-    "own_start_dir",
-    "random_init_dir",
-    "missing_runs",
-    "DIAGNOSE_VIDEOS",
-    "DIAG_COLUMNS",
-    "DiagnoseFn",
-    "DiagnoseRandomFn",
-    "DiagnoseStartFn",
-    "OrderFn",
-    "compact_diagnostics",
-    "compact_order",
-    "diagnose_run",
-    "order_run",
-    "own_start_objective",
-    "own_start_encoder",
-    "start_key",
-    "diagnose_own_start",
-    "diagnose_random",
-    "flat_diagnostics",
-    "floor_of",
-    "floor_inits",
-    "add_diagnostics",
-    "spearman",
-    "mean_std",
-    "summarise",
-    "ordering_sentence",
-    "to_markdown",
-    "write_summary",
-    "run_table",
-    "config_file_overrides",
-    "read_calibration",
+    *tables.__all__,
+    *runs.__all__,
+    *diagnostics.__all__,
+    *summary.__all__,
+    *report.__all__,
+    *runner.__all__,
 ]

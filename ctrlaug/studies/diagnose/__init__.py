@@ -54,82 +54,24 @@ and :func:`run`). Every public name is importable from here.
 
 from __future__ import annotations
 
-from ctrlaug.studies.diagnose.clips import (
-    centre_clip,
-    encode,
-    pick_videos,
-    render_clips,
-    reverse_clip,
-    shapes_of,
-    stack_factors,
-)
-from ctrlaug.studies.diagnose.focus import (
-    RANK_TIE_RTOL,
-    focus_rank,
-    focus_ratio,
-    masks_to_grid,
-    shuffled_pairing,
-)
-from ctrlaug.studies.diagnose.measure import diagnose
-from ctrlaug.studies.diagnose.order import (
-    order_decodability,
-    order_features,
-    order_head_score,
-    order_study,
-)
-from ctrlaug.studies.diagnose.premise import level_premise, lowlevel_descriptor
-from ctrlaug.studies.diagnose.probes import (
-    APPLIED,
-    APPLIED_BINS,
-    LEVEL_COMPONENTS,
-    applied_decodability,
-    level_decodability,
-    quantile_bins,
-    reversal_decodability,
-    video_split,
-)
-from ctrlaug.studies.diagnose.report import (
-    floor_summary,
-    fmt_value,
-    summary_line,
-    to_markdown,
-    write_report,
-)
-from ctrlaug.studies.diagnose.runner import DiagnoseOptions, run
+from ctrlaug.studies.diagnose import clips, focus, measure, order, premise, probes, report, runner
+from ctrlaug.studies.diagnose.clips import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.focus import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.measure import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.order import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.premise import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.probes import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.report import *  # noqa: F403 (the package re-exports each room's names)
+from ctrlaug.studies.diagnose.runner import *  # noqa: F403 (the package re-exports each room's names)
 
+# every room's public names, nothing else (each room's __all__ is the one list to edit)
 __all__ = [
-    "LEVEL_COMPONENTS",
-    "APPLIED",
-    "APPLIED_BINS",
-    "RANK_TIE_RTOL",
-    "shuffled_pairing",
-    "lowlevel_descriptor",
-    "level_premise",
-    "centre_clip",
-    "reverse_clip",
-    "render_clips",
-    "encode",
-    "shapes_of",
-    "pick_videos",
-    "stack_factors",
-    "video_split",
-    "level_decodability",
-    "applied_decodability",
-    "quantile_bins",
-    "reversal_decodability",
-    "masks_to_grid",
-    "focus_ratio",
-    "focus_rank",
-    "diagnose",
-    "order_features",
-    "order_decodability",
-    "order_head_score",
-    "order_study",
-    "fmt_value",
-    "summary_line",
-    "to_markdown",
-    "floor_summary",
-    "write_report",
-    "DiagnoseOptions",
-    "run",
+    *probes.__all__,
+    *focus.__all__,
+    *premise.__all__,
+    *clips.__all__,
+    *measure.__all__,
+    *order.__all__,
+    *report.__all__,
+    *runner.__all__,
 ]
