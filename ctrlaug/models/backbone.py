@@ -61,30 +61,27 @@ __all__ = [
 BACKBONE_FORMAT = "ctrlaug-backbone"
 FORMAT_VERSION = 1
 
-# ctrlaug key -> torchvision VideoResNet key (first match wins; every key must match one rule)
-TV_RULES: tuple[tuple[str, str], ...] = (
-    (r"^conv1\.(.+)$", r"stem.0.\1"),
-    (r"^bn1\.(.+)$", r"stem.1.\1"),
-    (r"^stages\.(\d+)\.(\d+)\.conv1\.(.+)$", r"layer{s}.\2.conv1.0.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.bn1\.(.+)$", r"layer{s}.\2.conv1.1.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.conv2\.(.+)$", r"layer{s}.\2.conv2.0.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.bn2\.(.+)$", r"layer{s}.\2.conv2.1.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.down_conv\.(.+)$", r"layer{s}.\2.downsample.0.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.down_bn\.(.+)$", r"layer{s}.\2.downsample.1.\3"),
-)
+
+def _key_rules(stem: str, conv: str, bn: str) -> tuple[tuple[str, str], ...]:
+    """ctrlaug key -> another layout's key (first match wins; every key must match one rule): the
+    stem is ``<stem>.<conv|bn>``, a block's convs and norms ``layer{s}.<k>.conv<n>.<conv|bn>``, its
+    shortcut ``layer{s}.<k>.downsample.<conv|bn>``. ``{s}`` is filled with the stage number."""
+    parts = (("conv1", "conv1", conv), ("bn1", "conv1", bn), ("conv2", "conv2", conv), ("bn2", "conv2", bn))
+    parts += (("down_conv", "downsample", conv), ("down_bn", "downsample", bn))
+    return (
+        (r"^conv1\.(.+)$", rf"{stem}.{conv}.\1"),
+        (r"^bn1\.(.+)$", rf"{stem}.{bn}.\1"),
+        *(
+            (rf"^stages\.(\d+)\.(\d+)\.{src}\.(.+)$", rf"layer{{s}}.\2.{dst}.{part}.\3")
+            for src, dst, part in parts
+        ),
+    )
 
 
-# ctrlaug key -> MMAction2 ResNet3d key (without the "backbone." prefix the file adds)
-MM_RULES: tuple[tuple[str, str], ...] = (
-    (r"^conv1\.(.+)$", r"conv1.conv.\1"),
-    (r"^bn1\.(.+)$", r"conv1.bn.\1"),
-    (r"^stages\.(\d+)\.(\d+)\.conv1\.(.+)$", r"layer{s}.\2.conv1.conv.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.bn1\.(.+)$", r"layer{s}.\2.conv1.bn.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.conv2\.(.+)$", r"layer{s}.\2.conv2.conv.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.bn2\.(.+)$", r"layer{s}.\2.conv2.bn.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.down_conv\.(.+)$", r"layer{s}.\2.downsample.conv.\3"),
-    (r"^stages\.(\d+)\.(\d+)\.down_bn\.(.+)$", r"layer{s}.\2.downsample.bn.\3"),
-)
+# torchvision VideoResNet: stem.0 / stem.1, layerN.M.conv1.0 / .1, layerN.M.downsample.0 / .1
+TV_RULES = _key_rules("stem", "0", "1")
+# MMAction2 ResNet3d (without the "backbone." prefix the file adds): ConvModule's conv / bn
+MM_RULES = _key_rules("conv1", "conv", "bn")
 
 # arches whose torchvision module exists: the Hara-stem R3D-18 (custom stem) and the tv-stem ones
 TV_ARCHES = ("r3d18", "r3d18_tv", "r3d34_tv")
