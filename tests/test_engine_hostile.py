@@ -76,6 +76,18 @@ def test_a_planted_log_link_never_writes_through_to_its_target(tmp_path, name, c
     assert load_checkpoint(list_checkpoints(cfg.out_dir)[0])["step"] == 2  # no work was done
 
 
+def test_a_planted_tensorboard_folder_link_is_refused_before_any_work(tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(elsewhere, out / "tb")
+    rc = main([*TINY, f"out_dir={out}", "log.tensorboard=true"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1 and "symbolic link" in lines[0] and "tb" in lines[0]
+    assert os.listdir(elsewhere) == [] and list_checkpoints(str(out)) == []
+
+
 def test_atomic_writes_replace_a_planted_link_instead_of_writing_through_it(tmp_path):
     from ctrlaug.reports import write_json
     from ctrlaug.utils.provenance import write_provenance

@@ -22,6 +22,7 @@ from ctrlaug.utils.cfgtools import cap_line, short_repr
 from ctrlaug.utils.checkpoint import (
     CheckpointError,
     NonFiniteStateError,
+    checkpoint_step,
     find_resumable,
     list_checkpoints,
     load_checkpoint,
@@ -291,7 +292,7 @@ class RunState:
             passed += [(p, "newer than the chosen one") for p in list_checkpoints(self.cfg.out_dir)]
         if self.main:
             for p, _ in passed:
-                if int(os.path.basename(p)[5:14]) > self.step:  # newer than the resumed one: set aside
+                if checkpoint_step(p) > self.step:  # newer than the resumed one: set aside
                     for q in (p + ".sha256", p):
                         aside = os.path.join(
                             os.path.dirname(q), os.path.basename(q).replace(".pt", ".pt.unusable", 1)
@@ -345,8 +346,7 @@ class RunState:
         finite, saved outside a run of non-finite steps, with weights that have not diverged."""
         limit = getattr(self, "trouble_step", None)
         for p in list_checkpoints(self.cfg.out_dir):
-            step = int(os.path.basename(p)[5:14])
-            if limit is not None and step >= limit:
+            if limit is not None and checkpoint_step(p) >= limit:
                 continue
             try:
                 state = load_checkpoint(p)

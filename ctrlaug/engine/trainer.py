@@ -368,7 +368,7 @@ class Trainer(RunState):
 
     def _stop_now(self, signum: int) -> None:
         """Checkpoint this step (atomic) and raise :class:`StoppedBySignal` (exit 128 + signum)."""
-        name = signal.Signals(signum).name if signum in {s.value for s in signal.Signals} else str(signum)
+        name = signal.Signals(signum).name  # only SIGTERM / SIGUSR1 are handled (STOP_SIGNALS)
         path = self.save()
         if self.main:
             where = (

@@ -43,6 +43,7 @@ __all__ = [
     "NonFiniteStateError",
     "save_checkpoint",
     "list_checkpoints",
+    "checkpoint_step",
     "load_checkpoint",
     "load_latest",
     "find_resumable",
@@ -258,7 +259,7 @@ def save_checkpoint(state: dict, out_dir: str, step: int) -> str:
 def list_checkpoints(out_dir: str) -> list[str]:
     """Checkpoint paths in ``out_dir``, newest (highest step) first."""
     paths = [p for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt")) if _NAME.search(p)]
-    return sorted(paths, key=lambda p: int(_NAME.search(p).group(1)), reverse=True)
+    return sorted(paths, key=checkpoint_step, reverse=True)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
@@ -294,7 +295,7 @@ def find_resumable(
             continue
         found = _try_load(p, map_location, check, failures)
         if found is not None:
-            newer = [q for q in unverified if _step(q) > _step(p)]
+            newer = [q for q in unverified if checkpoint_step(q) > checkpoint_step(p)]
             failures += [
                 (q, _no_sum(q) + f"; resuming the older {os.path.basename(p)}, whose checksum verifies")
                 for q in newer
@@ -309,7 +310,8 @@ def find_resumable(
     return None, failures
 
 
-def _step(path: str) -> int:
+def checkpoint_step(path: str) -> int:
+    """The global step in a checkpoint's name (``ckpt_<step, 9 digits>.pt``)."""
     return int(_NAME.search(path).group(1))
 
 

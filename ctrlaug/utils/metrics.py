@@ -13,9 +13,8 @@ import os
 import sys
 import time
 
-from ctrlaug.errors import CtrlAugError
 from ctrlaug.utils.atomic import atomic_open
-from ctrlaug.utils.safeio import fdopen_nofollow, refuse_link
+from ctrlaug.utils.safeio import fdopen_nofollow
 
 __all__ = ["MetricWriter", "ProgressBar", "plot_losses", "read_csv", "read_rows_until_damage", "set_aside"]
 
@@ -44,16 +43,15 @@ class MetricWriter:
         if resume_step is not None and os.path.exists(self.path):
             # On resume, keep the rows up to the checkpoint (later ones will be produced again); a
             # damaged tail (NUL bytes of a power loss, a garbage or torn line) is set aside first.
-            rows, damage = read_rows_until_damage(self.path)
+            intact, damage = read_rows_until_damage(self.path)
+            rows = [r for r in intact if int(r["step"]) <= resume_step]
             if damage:
                 aside = set_aside(self.path, ".damaged")
-                kept = [r for r in rows if int(r["step"]) <= resume_step]
                 print(
-                    f"[ctrlaug.train] {self.path}: {damage}; kept its {len(kept)} intact rows up to step "
+                    f"[ctrlaug.train] {self.path}: {damage}; kept its {len(rows)} intact rows up to step "
                     f"{resume_step}, the original file is set aside as {aside}",
                     file=sys.stderr,
                 )
-            rows = [r for r in rows if int(r["step"]) <= resume_step]
         # rewritten atomically: a run killed here keeps the old history, never a torn file
         with atomic_open(self.path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
@@ -64,11 +62,7 @@ class MetricWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                tb_dir = os.path.join(out_dir, "tb")
-                refuse_link(tb_dir, "TensorBoard folder")  # a planted link would send the events elsewhere
-                self.tb = SummaryWriter(tb_dir, purge_step=resume_step)
-            except CtrlAugError:
-                raise
+                self.tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=resume_step)
             except Exception as e:  # tensorboard not installed (ImportError) or unusable
                 self.tb_note = f"TensorBoard off ({type(e).__name__}: {e}); metrics go to {self.path} only"
 
