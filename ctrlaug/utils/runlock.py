@@ -21,8 +21,8 @@ try:
 except ImportError:  # not POSIX: no lock (documented)
     fcntl = None
 
-from ctrlaug.errors import CtrlAugError, PlantedLinkError
-from ctrlaug.utils.safeio import open_nofollow
+from ctrlaug.errors import CtrlAugError, OutputError, PlantedLinkError
+from ctrlaug.utils.safeio import check_output_dir, open_nofollow
 
 __all__ = ["RunLock", "FolderBusyError", "FolderUnusableError"]
 
@@ -41,14 +41,12 @@ class FolderUnusableError(RuntimeError):
 
 
 def _check_usable(out_dir: str) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FolderUnusableError(f"out_dir={out_dir!r} exists and is not a directory")
+    """Create ``out_dir`` if needed and check that it is a writable folder (the one check every
+    output folder gets, :func:`ctrlaug.utils.safeio.check_output_dir`), as FolderUnusableError."""
     try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise FolderUnusableError(f"out_dir={out_dir!r} cannot be created ({e.strerror or e})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise FolderUnusableError(f"out_dir={out_dir!r} is not writable")
+        check_output_dir(out_dir, "out_dir")
+    except OutputError as e:
+        raise FolderUnusableError(str(e)) from None
 
 
 class RunLock:
